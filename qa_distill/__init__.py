@@ -1,0 +1,3 @@
+"""qa-distill: task-specific knowledge distillation of extractive QA models on SQuAD v1.1."""
+
+__version__ = "0.1.0"

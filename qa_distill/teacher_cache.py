@@ -1,0 +1,149 @@
+"""The teacher's start/end logits over the training windows, computed once, memory-mapped.
+
+The teacher never changes during distillation, so its logits over the (fixed) training windows
+are computed in one inference pass and reused by every epoch, run and search trial. The cache
+is keyed by the teacher's weights, the windows (data, subset, tokenizer, max_length, doc_stride)
+and the precision; a directory whose metadata does not match its key is an error, never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+
+from qa_distill.errors import QaDistillError
+from qa_distill.models import accepts
+
+
+class StaleCacheError(QaDistillError):
+    """A cache directory whose contents do not match what its key promises."""
+
+
+@dataclass
+class TeacherLogits:
+    """Memory-mapped (windows, max_length) start and end logits, row i for feature_index i."""
+
+    start: np.ndarray
+    end: np.ndarray
+    key: str
+    path: Path
+
+    def batch(self, indices: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = indices.cpu().numpy()
+        start = torch.from_numpy(np.ascontiguousarray(self.start[rows, :width]))
+        end = torch.from_numpy(np.ascontiguousarray(self.end[rows, :width]))
+        return start.to(indices.device), end.to(indices.device)
+
+
+def cache_key(teacher_fingerprint: str, features: Dataset, max_length: int, precision: str) -> str:
+    text = f"{teacher_fingerprint}:{features._fingerprint}:{len(features)}:{max_length}:{precision}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast for bf16/fp16 inference, a no-op for fp32."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def teacher_forward(
+    teacher: PreTrainedModel, batch: dict[str, torch.Tensor], precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's logits for a batch, given the inputs it takes (token_type_ids for BERT)."""
+    device = next(teacher.parameters()).device
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    inputs = {k: batch[k].to(device) for k in names if k in batch and accepts(teacher, k)}
+    with autocast(device, precision):
+        out = teacher(**inputs)
+    return out.start_logits.float(), out.end_logits.float()
+
+
+def _compute(
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    features: Dataset,
+    max_length: int,
+    batch_size: int,
+    precision: str,
+    target: Path,
+) -> None:
+    n = len(features)
+    start = np.lib.format.open_memmap(target / "start.npy", "w+", np.float32, (n, max_length))
+    end = np.lib.format.open_memmap(target / "end.npy", "w+", np.float32, (n, max_length))
+    collate = DataCollatorWithPadding(tokenizer)
+    columns = ["input_ids", "attention_mask", "token_type_ids"]
+    order = np.argsort(np.asarray(features["length"]), kind="stable")
+    teacher.eval()
+    for lo in range(0, n, batch_size):
+        rows = order[lo : lo + batch_size]
+        batch = collate(features.select(rows).select_columns(columns).to_list())
+        s, e = teacher_forward(teacher, batch, precision)
+        width = s.shape[1]
+        start[rows, :width] = s.cpu().numpy()
+        end[rows, :width] = e.cpu().numpy()
+    start.flush()
+    end.flush()
+
+
+def load_or_compute(
+    cache_root: Path,
+    teacher: PreTrainedModel,
+    teacher_fingerprint: str,
+    tokenizer: PreTrainedTokenizerBase,
+    features: Dataset,
+    max_length: int,
+    precision: str,
+    batch_size: int = 64,
+) -> tuple[TeacherLogits, bool]:
+    """The cached logits for this teacher and these windows; computed first if absent.
+
+    Returns the logits and whether they were computed now (False: reused from disk).
+    """
+    key = cache_key(teacher_fingerprint, features, max_length, precision)
+    path = cache_root / "teacher_logits" / key
+    meta = {
+        "key": key,
+        "teacher": teacher_fingerprint,
+        "features": features._fingerprint,
+        "windows": len(features),
+        "max_length": max_length,
+        "precision": precision,
+    }
+    computed = False
+    if not path.exists():
+        tmp = path.with_name(key + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        tmp.rename(path)
+        computed = True
+    return _open(path, meta), computed
+
+
+def _open(path: Path, expected: dict) -> TeacherLogits:
+    try:
+        found = json.loads((path / "meta.json").read_text())
+        start = np.load(path / "start.npy", mmap_mode="r")
+        end = np.load(path / "end.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise StaleCacheError(f"teacher-logits cache {path} is unreadable ({exc}); delete it") from exc
+    shape = (expected["windows"], expected["max_length"])
+    if found != expected or start.shape != shape or end.shape != shape:
+        raise StaleCacheError(
+            f"teacher-logits cache {path} does not match its key (found {found}, expected "
+            f"{expected}, arrays {start.shape}); delete it to recompute"
+        )
+    return TeacherLogits(start, end, expected["key"], path)

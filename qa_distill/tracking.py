@@ -1,0 +1,58 @@
+"""MLflow: one run per entry point, metrics from the Trainer, the model as an MLflow model.
+
+A run that raises ends FAILED (MLflow's `start_run` context does that); an interrupted one
+ends KILLED. Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from transformers import TrainerCallback
+
+from qa_distill.config import PROJECT_ROOT, RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
+
+
+def setup(config: TrackingConfig) -> None:
+    """Point MLflow at the store; create the experiment with artifacts inside the project."""
+    mlflow.set_tracking_uri(tracking_uri(config))
+    if launched_by_mlflow_run():
+        return  # `mlflow run` already chose the experiment and created the run
+    if mlflow.get_experiment_by_name(config.experiment) is None:
+        uri = tracking_uri(config)
+        location = (PROJECT_ROOT / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        mlflow.create_experiment(config.experiment, artifact_location=location)
+    mlflow.set_experiment(config.experiment)
+
+
+@contextmanager
+def mlflow_run(
+    config: RunConfig, run_name: str | None = None, nested: bool = False, tags: dict | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with the configuration logged as params."""
+    setup(config.tracking)
+    with mlflow.start_run(run_name=run_name or f"{config.recipe}-{config.role}", nested=nested) as run:
+        mlflow.set_tags({"recipe": config.recipe, "role": config.role, **(tags or {})})
+        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+        yield run
+
+
+def _param(value: Any) -> str:
+    return "" if value is None else str(value)[:6000]
+
+
+class MlflowMetrics(TrainerCallback):
+    """Sends every numeric value the Trainer logs (loss, lr, EM/F1 per epoch) to the active run."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numeric = {
+            k: float(v)
+            for k, v in (logs or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        if numeric and mlflow.active_run() is not None:
+            mlflow.log_metrics(numeric, step=state.global_step)

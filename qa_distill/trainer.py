@@ -1,0 +1,183 @@
+"""The HF Trainer for extractive QA, and its distillation variant.
+
+`QATrainer.evaluate` runs the model over the dev windows, turns logits into answers
+(postprocess) and scores them (metrics), so each epoch's evaluation reports EM/F1.
+`DistillationTrainer` only changes the loss: the teacher's logits come from the cache (or from
+the teacher on the fly) and join the gold labels through `losses.distillation_loss`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from qa_distill.config import TrainingConfig
+from qa_distill.losses import distillation_loss
+from qa_distill.metrics import squad_scores
+from qa_distill.models import accepts
+from qa_distill.postprocess import pad_offsets, postprocess
+from qa_distill.teacher_cache import TeacherLogits, teacher_forward
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 where the hardware runs it natively, else fp32 (fp16 only when asked)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def training_arguments(config: TrainingConfig, output_dir: str, precision: str) -> TrainingArguments:
+    each_epoch = "epoch" if config.eval_each_epoch else "no"
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        weight_decay=config.weight_decay,
+        warmup_steps=float(config.warmup_ratio),  # a float below 1 is a ratio of all steps
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses bf16 on CPU without it
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy=each_epoch,
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=config.logging_steps,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+class QATrainer(Trainer):
+    """A Trainer whose evaluation is SQuAD EM/F1 over post-processed answers."""
+
+    def __init__(
+        self,
+        *args: Any,
+        eval_examples: Dataset | None = None,
+        n_best: int = 20,
+        max_answer_length: int = 30,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_examples = eval_examples
+        self.n_best = n_best
+        self.max_answer_length = max_answer_length
+        self.predictions: dict[str, str] = {}
+        self.eval_history: list[dict[str, float]] = []
+
+    def predict_answers(self, features: Dataset) -> dict[str, str]:
+        """Answer text per question for eval windows (with offset_mapping and example_id)."""
+        loader = self.get_eval_dataloader(features)
+        output = self.evaluation_loop(loader, "Evaluation", prediction_loss_only=False)
+        start, end = (np.asarray(x, dtype=np.float32) for x in output.predictions[:2])
+        contexts = dict(zip(self.eval_examples["id"], self.eval_examples["context"], strict=True))
+        offsets = pad_offsets(features["offset_mapping"], start.shape[1])
+        return postprocess(
+            contexts, features["example_id"], offsets, start, end, self.n_best, self.max_answer_length
+        )
+
+    def evaluate(
+        self,
+        eval_dataset: Dataset | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        features = eval_dataset if eval_dataset is not None else self.eval_dataset
+        began = time.perf_counter()
+        self.predictions = self.predict_answers(features)
+        gold = dict(zip(self.eval_examples["id"], (a["text"] for a in self.eval_examples["answers"]), strict=True))
+        scores = squad_scores(gold, self.predictions)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+        metrics[f"{metric_key_prefix}_seconds"] = time.perf_counter() - began
+        metrics[f"{metric_key_prefix}_questions"] = len(gold)
+        self.eval_history.append({**metrics, "epoch": self.state.epoch or 0.0})
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class DistillationTrainer(QATrainer):
+    """QA fine-tuning whose loss mixes gold labels with the teacher's soft start/end targets."""
+
+    def __init__(
+        self,
+        *args: Any,
+        temperature: float,
+        alpha: float,
+        teacher_logits: TeacherLogits | None = None,
+        teacher: PreTrainedModel | None = None,
+        precision: str = "fp32",
+        **kwargs: Any,
+    ) -> None:
+        if (teacher_logits is None) == (teacher is None):
+            raise ValueError("give exactly one of teacher_logits (cached) or teacher (on the fly)")
+        super().__init__(*args, **kwargs)
+        self.temperature = temperature
+        self.alpha = alpha
+        self.teacher_logits = teacher_logits
+        self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
+        self.teacher_precision = precision
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer keeps only the columns the student's forward names; the loss also needs
+        # the window index (cache rows) and, for a BERT teacher, token_type_ids.
+        super()._set_signature_columns_if_needed()
+        for extra in ("feature_index", "token_type_ids"):
+            if extra not in self._signature_columns:
+                self._signature_columns.append(extra)
+
+    def _student_inputs(self, model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        drop = {"feature_index", "start_positions", "end_positions"}
+        if not accepts(self.accelerator.unwrap_model(model), "token_type_ids"):
+            drop.add("token_type_ids")
+        return {k: v for k, v in inputs.items() if k not in drop}
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ):
+        outputs = model(**self._student_inputs(model, inputs))
+        width = outputs.start_logits.shape[1]
+        if self.teacher_logits is not None:
+            t_start, t_end = self.teacher_logits.batch(inputs["feature_index"], width)
+        else:
+            t_start, t_end = teacher_forward(self.teacher, inputs, self.teacher_precision)
+        loss = distillation_loss(
+            outputs.start_logits,
+            outputs.end_logits,
+            t_start.to(outputs.start_logits.device),
+            t_end.to(outputs.start_logits.device),
+            inputs["start_positions"],
+            inputs["end_positions"],
+            self.temperature,
+            self.alpha,
+            mask=inputs["attention_mask"],
+        )
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return super().prediction_step(model, self._student_inputs(model, inputs), prediction_loss_only, ignore_keys)
