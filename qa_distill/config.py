@@ -116,7 +116,8 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, for logging as MLflow params."""
-        out: dict[str, Any] = {"recipe": self.recipe, "role": self.role, "output_dir": self.output_dir}
+        # "run." keeps clear of the MLproject parameters `mlflow run` logs itself (recipe, output_dir)
+        out: dict[str, Any] = {"run.recipe": self.recipe, "run.role": self.role, "run.output_dir": self.output_dir}
         for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{key}"] = value
