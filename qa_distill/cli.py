@@ -9,7 +9,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from qa_distill.config import DEFAULT_DEV_JSON
 from qa_distill.errors import QaDistillError
+
+MODEL_SOURCES = "local dir, hub name, runs:/<id>/model or models:/<name>/<version>"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +27,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _distill_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", default=None, help="local dir, hub name, runs:/<id>/model or models:/<name>/<version>")
+    parser.add_argument("--teacher", default=None, help=MODEL_SOURCES)
     parser.add_argument("--temperature", default=None, help="softmax temperature T (> 0)")
     parser.add_argument("--alpha", default=None, help="weight of the soft loss, in [0, 1]")
 
@@ -61,6 +64,52 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return score_files(args.dataset, args.predictions)
 
 
+def _recipe_models(recipe: str) -> list[str]:
+    """A recipe's registered models, named as in its results tables."""
+    from qa_distill.report import ROLE_NAMES
+
+    return [f"{name}=models:/qa-distill-{recipe}-{role}/latest" for role, name in ROLE_NAMES.items()]
+
+
+def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import tempfile
+
+    from qa_distill.config import TrackingConfig, recipe_path
+    from qa_distill.speed import run_speedtest
+
+    models = [m for chunk in args.model for m in chunk.split()]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.paper_arch:
+            from qa_distill.speed import random_weight_model
+
+            models += [
+                f"teacher={random_weight_model('bert-base-uncased', f'{tmp}/bert-base-uncased')}",
+                f"student={random_weight_model('distilbert-base-uncased', f'{tmp}/distilbert-base-uncased')}",
+            ]
+        if not models:
+            recipe_path(args.recipe)  # a clear error for an unknown recipe
+            models = _recipe_models(args.recipe)
+        table = run_speedtest(
+            models, args.dev_json, args.questions, args.backends.split() if args.backends else None,
+            args.threads, args.batch_size, args.output or None, not args.no_hf_baseline,
+            TrackingConfig(), args.run_name or f"{args.recipe}-speed", args.warmup,
+        )
+    return table.to_dict("records")
+
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
+    from qa_distill.speed import predict
+
+    return {"answer": predict(args.model, args.question, args.context, args.backend)}
+
+
+def cmd_report(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from qa_distill.config import TrackingConfig
+    from qa_distill.report import run_report
+
+    return run_report(args.recipe, TrackingConfig(), args.output or None).to_dict("records")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-distill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info level)")
@@ -75,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _distill_args(p)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("speedtest", help="CPU latency, throughput and EM/F1 per model and backend")
+    p.add_argument("--recipe", default="cpu", help="time this recipe's registered teacher, student and distilled")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
+                   help="a model to time instead (local dir, hub name, MLflow URI); repeatable")
+    p.add_argument("--paper-arch", action="store_true",
+                   help="also time bert-base-uncased (teacher) and distilbert-base-uncased (student) "
+                        "architectures with random weights")
+    p.add_argument("--dev-json", default=str(DEFAULT_DEV_JSON), help="SQuAD JSON the questions come from")
+    p.add_argument("--questions", type=int, default=1000, help="number of dev questions (seeded sample)")
+    p.add_argument("--backends", default="", help="space-separated subset of fp32 fp32-maxpad bf16 int8 (default all)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--batch-size", type=int, default=32, help="questions per call in the throughput pass")
+    p.add_argument("--warmup", type=int, default=10, help="untimed questions first")
+    p.add_argument("--no-hf-baseline", action="store_true", help="skip the HF question-answering pipeline row")
+    p.add_argument("--output", default="", help="table path stem (default experiments/results/<run name>)")
+    p.add_argument("--run-name", default="", help="MLflow run name and table name (default <recipe>-speed)")
+    p.set_defaults(func=cmd_speedtest)
+
+    p = sub.add_parser("predict", help="answer one question")
+    p.add_argument("--model", required=True, help=MODEL_SOURCES)
+    p.add_argument("--question", required=True)
+    p.add_argument("--context", required=True)
+    p.add_argument("--backend", default="fp32", help="fp32, fp32-maxpad, bf16 or int8")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="a recipe's teacher/student/distilled results table from MLflow")
+    p.add_argument("--recipe", default="cpu")
+    p.add_argument("--output", default="", help="table path stem (default experiments/results/<recipe>)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("score", help="official SQuAD v1.1 EM/F1 of a predictions file")
     p.add_argument("dataset", metavar="DATASET_JSON", help="SQuAD v1.1 JSON (e.g. dev-v1.1.json)")

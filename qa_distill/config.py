@@ -19,7 +19,6 @@ import yaml
 from qa_distill.errors import ConfigError
 
 
-
 def _project_root() -> Path:
     """The checkout that holds `experiments/` (an editable install), else the working directory."""
     source = Path(__file__).resolve().parent.parent
@@ -29,6 +28,8 @@ def _project_root() -> Path:
 PROJECT_ROOT = _project_root()
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 RESULTS_DIR = EXPERIMENTS_DIR / "results"
+# the offline copy of SQuAD beside the project (see README); hub users pass --data squad
+DEFAULT_DEV_JSON = PROJECT_ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 ROLES = ("teacher", "student", "distill")
 
 

@@ -10,6 +10,7 @@ window by the collator.
 from __future__ import annotations
 
 import hashlib
+import json
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ def require_fast(tokenizer: PreTrainedTokenizerBase) -> None:
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Content hash of the tokenizer: same hash, same ids for the same text."""
     require_fast(tokenizer)
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    for state in ("truncation", "padding"):  # set by the last call, not part of the vocabulary
+        spec.pop(state, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def encode_windows(

@@ -148,6 +148,11 @@ def model_fingerprint(model: PreTrainedModel) -> str:
 _PROBE = "The Quick brown fox's Café, naïve résumé: 1,234 déjà-vu; ÉCOLE 東京 Zürich"
 
 
+def _normalised(tokenizer: PreTrainedTokenizerBase) -> str:
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    return normalizer.normalize_str(_PROBE) if normalizer is not None else _PROBE
+
+
 def check_compatible(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
     """Teacher and student must turn the same text into the same ids (same windows, same labels)."""
     problems = []
@@ -161,11 +166,15 @@ def check_compatible(teacher: PreTrainedTokenizerBase, student: PreTrainedTokeni
             f"{len(only_t)} only in teacher e.g. {only_t[:3]}, {len(only_s)} only in student "
             f"e.g. {only_s[:3]}, {moved} with other ids)"
         )
-    t_ids, s_ids = teacher(_PROBE)["input_ids"], student(_PROBE)["input_ids"]
-    if t_ids != s_ids:
-        lower = "lower-casing/accents differ: " if teacher.tokenize("A") != student.tokenize("A") else ""
+    t_norm, s_norm = _normalised(teacher), _normalised(student)
+    if t_norm != s_norm:
         problems.append(
-            f"{lower}{_PROBE!r} tokenizes to {teacher.tokenize(_PROBE)[:8]}... for the teacher and "
+            f"lower-casing/accents differ: the teacher normalises {_PROBE!r} to {t_norm!r}, "
+            f"the student to {s_norm!r}"
+        )
+    if not problems and teacher(_PROBE)["input_ids"] != student(_PROBE)["input_ids"]:
+        problems.append(
+            f"{_PROBE!r} tokenizes to {teacher.tokenize(_PROBE)[:8]}... for the teacher and "
             f"{student.tokenize(_PROBE)[:8]}... for the student"
         )
     if problems:

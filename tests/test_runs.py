@@ -1,0 +1,134 @@
+"""End to end on tiny models: fine-tune and distill runs, MLflow records, bad input, resume."""
+
+import json
+
+import mlflow
+import pytest
+from transformers import TrainerCallback
+
+from qa_distill.cli import main
+from qa_distill.config import load_config
+from qa_distill.runs import run_distill, run_finetune
+
+from .conftest import write_squad
+
+TINY = ["data.max_length=96", "data.doc_stride=32", "training.epochs=2", "training.batch_size=8",
+        "training.eval_batch_size=32", "training.precision=fp32", "training.logging_steps=5"]
+
+
+def _config(role, model, data, tmp_path, *extra, **explicit):
+    overrides = [*TINY, f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    return load_config("cpu", role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
+
+
+def _run(run_id):
+    return mlflow.MlflowClient().get_run(run_id)
+
+
+def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
+    run = _run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("exact_match", "f1", "train_seconds", "train_loss", "train_windows_per_second"):
+        assert key in run.data.metrics
+    assert run.data.params["distillation.alpha"] == "0.5" and run.data.params["run.role"] == "teacher"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")
+    assert len(history) == 2  # one evaluation per epoch
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert "predictions.json" in artifacts
+    predictions = json.loads((tmp_path / "teacher" / "predictions.json").read_text())
+    assert len(predictions) == run.data.metrics["dev_questions"]
+    model = mlflow.pyfunc.load_model("models:/qa-distill-cpu-teacher/latest")
+    context = "The Broncos won Super Bowl 50 in Santa Clara."
+    answer = model.predict([{"question": "Who won?", "context": context}])[0]
+    assert isinstance(answer, str) and answer in context
+    assert not list((tmp_path / "teacher").glob("checkpoint-*"))  # only the final model stays
+
+
+def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
+    tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
+):
+    config = _config("distill", tiny_distilbert, dev_sample, tmp_path, teacher=tiny_bert)
+    first = run_distill(config)
+    assert _run(first["run_id"]).info.status == "FINISHED"
+    assert first["teacher_cache_computed"] is True
+    tags = _run(first["run_id"]).data.tags
+    assert tags["teacher_uri"] == tiny_bert and tags["teacher_cache_key"] == first["teacher_cache_key"]
+    second = run_distill(_config("distill", tiny_distilbert, dev_sample, tmp_path, teacher=tiny_bert))
+    assert second["teacher_cache_computed"] is False
+    assert second["teacher_cache_key"] == first["teacher_cache_key"]
+    # cached and on-the-fly teachers train the same student identically (fp32, same seed)
+    fly = run_distill(_config("distill", tiny_distilbert, dev_sample, tmp_path,
+                              "distillation.teacher_cache=false", teacher=tiny_bert))
+    assert fly["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
+
+
+def test_teacher_from_an_mlflow_uri(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    teacher = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.epochs=1"))
+    config = _config("distill", tiny_bert, dev_sample, tmp_path, "model.layer_stride=2",
+                     "training.epochs=1", teacher=f"runs:/{teacher['run_id']}/model")
+    result = run_distill(config)
+    assert _run(result["run_id"]).data.tags["teacher_uri"].startswith("runs:/")
+
+
+def _runs_in_store() -> int:
+    return sum(len(mlflow.search_runs([e.experiment_id])) for e in mlflow.search_experiments())
+
+
+def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri, tiny_bert, capsys):
+    bad = write_squad(tmp_path / "train-bad.json", [("Some context.", [("q-7", "What?", [])])])
+    out = tmp_path / "never"
+    code = main(["teacher", "--recipe", "cpu", "--data", str(bad), "--output-dir", str(out),
+                 "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train-bad.json" in err and "'q-7'" in err and "skip_invalid" in err
+    assert not out.exists()
+    mlflow.set_tracking_uri(tracking_uri)
+    assert _runs_in_store() == 0
+
+
+def test_a_cased_teacher_is_refused_before_training(tmp_path, tracking_uri, dev_sample, tiny_bert, capsys):
+    from transformers import AutoModelForQuestionAnswering, BertTokenizerFast
+
+    cased = tmp_path / "cased-teacher"
+    AutoModelForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(cased)
+    vocab = str(next(iter(__import__("pathlib").Path(tiny_bert).glob("tokenizer.json"))))
+    tok = BertTokenizerFast(tokenizer_file=vocab, do_lower_case=False)
+    tok.backend_tokenizer.normalizer = __import__("tokenizers").normalizers.BertNormalizer(lowercase=False)
+    tok.save_pretrained(cased)
+    code = main(["distill", "--recipe", "cpu", "--data", str(dev_sample), "--teacher", str(cased),
+                 "--output-dir", str(tmp_path / "d"), "--set", " ".join([*TINY, f"model.name={tiny_bert}"])])
+    assert code == 2
+    assert "lower-casing" in capsys.readouterr().err
+    mlflow.set_tracking_uri(tracking_uri)
+    assert _runs_in_store() == 0
+
+
+class _KillAfterFirstSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+
+def test_a_killed_run_is_marked_and_the_next_one_resumes(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    config = _config("teacher", tiny_bert, dev_sample, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(config, callbacks=[_KillAfterFirstSave()])
+    killed = mlflow.search_runs(search_all_experiments=True)
+    assert list(killed["status"]) == ["FAILED"]  # not left RUNNING
+    assert list((tmp_path / "teacher").glob("checkpoint-*"))
+    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
+    run = _run(result["run_id"])
+    assert run.info.status == "FINISHED" and "checkpoint-" in run.data.tags["resumed_from"]
+    # only the second epoch was trained in the resumed run
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")) == 1
+
+
+def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path), callbacks=[Boom()])
+    assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FAILED"]

@@ -1,0 +1,66 @@
+"""The teacher-logits cache equals a fresh teacher forward pass, and is never used when stale."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import DataCollatorWithPadding
+
+from qa_distill.config import DataConfig
+from qa_distill.data import load_split
+from qa_distill.features import build_features
+from qa_distill.models import load_qa_model, model_fingerprint
+from qa_distill.teacher_cache import StaleCacheError, load_or_compute, teacher_forward
+
+
+@pytest.fixture()
+def setup(dev_sample, tiny_bert, tmp_path):
+    teacher = load_qa_model(tiny_bert)
+    split = load_split(DataConfig(data=str(dev_sample)), "train")
+    feats = build_features(split, teacher.tokenizer, 96, 32, "train", cache=str(tmp_path))
+    return teacher, feats
+
+
+def test_cached_logits_equal_a_fresh_forward_pass(setup, tmp_path):
+    teacher, feats = setup
+    fp = model_fingerprint(teacher.model)
+    logits, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32", 16)
+    assert computed
+    rows = [0, 5, len(feats) - 1, 17]
+    batch = DataCollatorWithPadding(teacher.tokenizer)(
+        feats.select(rows).select_columns(["input_ids", "attention_mask", "token_type_ids"]).to_list()
+    )
+    fresh_start, fresh_end = teacher_forward(teacher.model, batch, "fp32")
+    start, end = logits.batch(torch.tensor(rows), fresh_start.shape[1])
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(start[mask], fresh_start[mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(end[mask], fresh_end[mask], rtol=1e-4, atol=1e-4)
+    again, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    assert not computed and again.key == logits.key
+    assert isinstance(again.start, np.memmap)
+
+
+def test_another_teacher_or_other_windows_get_another_key(setup, tmp_path, tiny_bert):
+    teacher, feats = setup
+    fp = model_fingerprint(teacher.model)
+    a, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    with torch.no_grad():
+        teacher.model.qa_outputs.bias.add_(1.0)
+    fp2 = model_fingerprint(teacher.model)
+    assert fp2 != fp
+    b, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats, 96, "fp32")
+    assert computed and b.key != a.key
+    c, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats.select(range(10)), 96, "fp32")
+    assert computed and c.key not in (a.key, b.key)
+
+
+def test_a_tampered_cache_is_an_error_not_silently_reused(setup, tmp_path):
+    teacher, feats = setup
+    fp = model_fingerprint(teacher.model)
+    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    meta = json.loads((logits.path / "meta.json").read_text())
+    meta["windows"] = 3
+    (logits.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(StaleCacheError, match="does not match"):
+        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
