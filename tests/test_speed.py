@@ -1,0 +1,233 @@
+"""The speed test on a tiny random BERT and a few real dev questions (seconds, no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+from qa_distill import speed
+from qa_distill.config import TrackingConfig
+from qa_distill.errors import ConfigError, ModelError
+from qa_distill.metrics import squad_scores
+from qa_distill.predictor import QAPredictor
+
+from .conftest import DEV_JSON, minilm_path
+
+DEV = str(DEV_JSON)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Leave the machine's other core alone; restore torch's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random BERT QA model with the real uncased vocabulary; seeded (unlike
+    conftest's tiny_bert), since the agreement thresholds below were measured on these weights."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64,
+    )
+    out = tmp_path_factory.mktemp("tiny")
+    BertForQuestionAnswering(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[dict]:
+    return speed.load_questions(DEV, 8, seed=0)
+
+
+def _answers(answerer, questions: list[dict]) -> list[str]:
+    return answerer.answer_batch([q["question"] for q in questions],
+                                 [q["context"] for q in questions])
+
+
+def _same(a: list[str], b: list[str]) -> int:
+    return sum(x == y for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def fp32_answers(tiny_model, questions) -> list[str]:
+    return _answers(QAPredictor(tiny_model, "fp32"), questions)
+
+
+def test_load_questions_is_a_seeded_sample(questions):
+    assert len(questions) == 8 and len({q["id"] for q in questions}) == 8
+    assert questions == speed.load_questions(DEV, 8, seed=0)
+    assert questions != speed.load_questions(DEV, 8, seed=1)
+    for q in questions:
+        assert set(q) == {"id", "question", "context", "answers"}
+        assert q["answers"] and all(a in q["context"] for a in q["answers"])
+
+
+def test_padding_and_bf16_keep_the_fp32_answers(tiny_model, questions, fp32_answers):
+    # Padding to max_length only adds masked positions: the answers must not move at all.
+    assert _answers(QAPredictor(tiny_model, "fp32-maxpad"), questions) == fp32_answers
+    # bf16 keeps 8 mantissa bits; a random model's best spans can win by less than that, so a
+    # few flips are legitimate, but most answers must survive (39/40 do on this model).
+    bf16 = _answers(QAPredictor(tiny_model, "bf16"), questions)
+    assert _same(bf16, fp32_answers) >= 0.75 * len(questions)
+
+
+def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
+    # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
+    # here it must answer everything, and not be noise (90% agreement on 40 questions).
+    int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
+    assert len(int8) == len(questions) and all(isinstance(a, str) for a in int8)
+    assert _same(int8, fp32_answers) >= len(questions) / 2
+
+
+def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
+    default = speed.HFPipelineBaseline(tiny_model)
+    assert (default.max_length, default.stride, default.max_answer_len) == (384, 128, 15)
+    answers = _answers(default, questions)
+    assert len(answers) == len(questions) and all(answers)
+    # Word alignment only widens the span it is given to whole words.
+    by_offsets = _answers(speed.HFPipelineBaseline(tiny_model, align_to_words=False), questions)
+    for wide, narrow in zip(answers, by_offsets, strict=True):
+        assert narrow in wide
+    # Given our predictor's answer length and offsets, the v4 scoring (per-window softmax
+    # product, full span grid) picks the same span as ours (logit sum of the top-20 starts and
+    # ends) inside one window; these questions fit in one window but allow one miss anyway.
+    matched = speed.HFPipelineBaseline(tiny_model, max_answer_len=30, align_to_words=False)
+    assert _same(_answers(matched, questions), fp32_answers) >= len(questions) - 1
+
+
+def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
+    results = speed.speed_results(
+        {"tiny": tiny_model}, ["fp32", "int8"], questions, threads=1, warmup=2, batch_size=3
+    )
+    assert [(r.model, r.backend) for r in results] == [
+        ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8")
+    ]
+    table = speed.results_table(results)
+    gold = {q["id"]: q["answers"] for q in questions}
+    model = BertForQuestionAnswering.from_pretrained(tiny_model)
+    params = sum(p.numel() for p in model.parameters())
+    for result, row in zip(results, table.to_dict("records"), strict=True):
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["questions_per_s"] > 0
+        assert (row["questions"], row["batch_size"], row["threads"]) == (8, 3, 1)
+        assert row["params"] == params
+        assert set(result.answers) == set(gold)
+        scores = squad_scores(gold, result.answers)
+        assert (row["exact_match"], row["f1"]) == (scores["exact_match"], scores["f1"])
+        assert row["speedup_vs_hf"] == pytest.approx(table["p50_ms"][0] / row["p50_ms"])
+    assert [results[1].answers[q["id"]] for q in questions] == fp32_answers
+    on_disk = (Path(tiny_model) / "model.safetensors").stat().st_size / 1e6
+    assert table["size_mb"][0] == table["size_mb"][1] == pytest.approx(on_disk)
+    assert 0 < table["size_mb"][2] < on_disk  # int8 linear layers (embeddings stay fp32)
+    assert "speedup_vs_teacher_hf" not in table
+
+
+def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
+    table = speed.speed_test(
+        {"teacher": tiny_model, "student": tiny_model}, ["fp32"], questions[:2], threads=1,
+        warmup=0,
+    )
+    teacher_hf = table.query("model == 'teacher' and backend == 'hf-pipeline'")["p50_ms"].item()
+    assert table["speedup_vs_teacher_hf"].tolist() == pytest.approx(
+        (teacher_hf / table["p50_ms"]).tolist()
+    )
+    csv, md = speed.write_tables(table, tmp_path / "sub" / "speed")
+    assert (csv.name, md.name) == ("speed.csv", "speed.md")
+    assert pd.read_csv(csv)["p50_ms"].tolist() == pytest.approx(table["p50_ms"].tolist())
+    lines = md.read_text().splitlines()
+    header, _, first, *rest = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert header == list(table.columns) and len(rest) == len(table) - 1
+    assert first[header.index("p50_ms")] == f"{table['p50_ms'][0]:.2f}"
+
+
+def test_run_speedtest_logs_one_run(tiny_model, tmp_path, monkeypatch, tracking_uri):
+    mlflow.set_tracking_uri(tracking_uri)  # an experiment with artifacts in tmp_path, not mlruns/
+    mlflow.create_experiment("speed-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    tracking = TrackingConfig(tracking_uri=tracking_uri, experiment="speed-test")
+    df = speed.run_speedtest(
+        [f"tiny={tiny_model}"], DEV, questions=3, backends=["fp32"], threads=1,
+        batch_size=2, output=str(tmp_path / "out" / "speed"), warmup=1,
+        tracking=tracking, run_name="speed-run",
+    )
+    assert df[["model", "backend"]].values.tolist() == [["tiny", "hf-pipeline"], ["tiny", "fp32"]]
+    (run,) = mlflow.search_runs(experiment_names=["speed-test"], output_format="list")
+    assert run.info.run_name == "speed-run" and run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["speed.questions"] == "3" and params["speed.model.tiny"] == tiny_model
+    assert run.data.metrics["tiny.fp32.p50_ms"] == pytest.approx(df["p50_ms"][1])
+    assert run.data.metrics["tiny.hf-pipeline.speedup_vs_hf"] == pytest.approx(1.0)
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert logged == {"speed.csv", "speed.md", "speed-answers.json"}
+
+    # Under `mlflow run`, the run it created is the one that gets the figures.
+    created = mlflow.MlflowClient().create_run(run.info.experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    speed.run_speedtest(
+        [tiny_model], DEV, questions=1, backends=["int8"], threads=1, warmup=0,
+        output=str(tmp_path / "out" / "again"), hf_baseline=False,
+        tracking=tracking,
+    )
+    resumed = mlflow.get_run(created.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert f"{Path(tiny_model).name}.int8.f1" in resumed.data.metrics  # named after its dir
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"backends": ["fp32", "fp64"]}, ConfigError, "fp64"),
+        ({"questions": 0}, ConfigError, "questions must be >= 1, got 0"),
+        ({"threads": 0}, ConfigError, "threads"),
+        ({"models": ["teacher=/nonexistent/model"]}, ModelError, "/nonexistent/model"),
+        ({"models": ["x/m", "y/m"]}, ConfigError, "two models named 'm'"),
+    ],
+)
+def test_bad_input_fails_before_timing(tiny_model, tmp_path, monkeypatch, change, error, message):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed before the input was checked")
+
+    monkeypatch.setattr(speed, "measure", no_timing)
+    monkeypatch.setattr(speed, "setup_tracking", no_timing)
+    arguments = {"models": [tiny_model], "dev_json": DEV, "questions": 2,
+                 "tracking": TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")}
+    with pytest.raises(error, match=message):
+        speed.run_speedtest(**(arguments | change))
+
+
+def test_parse_models():
+    assert speed.parse_models(["teacher=outputs/cpu/teacher", "outputs/cpu/student/"]) == {
+        "teacher": "outputs/cpu/teacher", "student": "outputs/cpu/student/"
+    }
+    assert speed.parse_models(["runs:/abc/model"]) == {"model": "runs:/abc/model"}
+
+
+def test_random_weight_model_is_distilbert_base(tmp_path, questions):
+    path = speed.random_weight_model("distilbert-base-uncased", tmp_path / "distilbert")
+    predictor = QAPredictor(path)
+    config = predictor.model.config
+    assert (config.model_type, config.n_layers, config.dim, config.vocab_size) == (
+        "distilbert", 6, 768, 30522
+    )
+    assert not predictor.takes_token_types
+    q = questions[0]
+    assert isinstance(predictor.answer(q["question"], q["context"]), str)
+    assert isinstance(speed.HFPipelineBaseline(path).answer(q["question"], q["context"]), str)
+    with pytest.raises(ConfigError, match="roberta-base"):
+        speed.random_weight_model("roberta-base", tmp_path / "roberta")
+
+
+def test_predict(tiny_model, questions, fp32_answers):
+    q = questions[0]
+    assert speed.predict(tiny_model, q["question"], q["context"]) == fp32_answers[0]
