@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The cpu recipe end to end, as MLflow project runs: teacher, then the student alone and the
-# distilled student from that teacher, then the results table. Logs go to outputs/cpu/*.log.
+# The cpu recipe end to end, as MLflow project runs: the teacher, then the student alone and the
+# distilled student from that teacher, the results table, and the CPU speed test of the three.
+# Tables go to experiments/results/cpu.{csv,md} and cpu-speed.{csv,md}; logs to outputs/cpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p outputs/cpu
-for entry in teacher student distill; do
-  echo "== $entry $(date -u +%FT%TZ)"
-  mlflow run . -e "$entry" --env-manager local --experiment-name qa-distill -P recipe=cpu \
-    > "outputs/cpu/$entry.log" 2>&1
-done
+run() {
+  echo "== $1 $(date -u +%FT%TZ)"
+  mlflow run . -e "$1" --env-manager local --experiment-name qa-distill -P recipe=cpu "${@:2}" \
+    > "outputs/cpu/$1.log" 2>&1
+}
+run teacher
+run student
+run distill
+run report
+run speedtest
 echo "== done $(date -u +%FT%TZ)"

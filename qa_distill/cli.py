@@ -64,6 +64,23 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return score_files(args.dataset, args.predictions)
 
 
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from qa_distill.errors import ConfigError
+    from qa_distill.search import run_search
+
+    if args.n_trials is None and args.timeout is None:
+        raise ConfigError("give --n-trials or --timeout (or both): a study needs an end")
+    config = _config(args, "distill")
+    return run_search(
+        config, args.n_trials, args.timeout, args.study_name or f"distill-{config.recipe}",
+        args.storage or None, args.sampler_seed, tuple(args.temperature_range), tuple(args.alpha_range),
+        args.search_lr, tuple(args.lr_range), Path(args.results_stem) if args.results_stem else None,
+        not args.no_register,
+    )
+
+
 def _recipe_models(recipe: str) -> list[str]:
     """A recipe's registered models, named as in its results tables."""
     from qa_distill.report import ROLE_NAMES
@@ -124,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _distill_args(p)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("search", help="Optuna study over temperature and alpha of the distill run")
+    _common(p)
+    p.add_argument("--teacher", default=None, help=MODEL_SOURCES)
+    p.add_argument("--study-name", default="", help="Optuna study name (default distill-<recipe>); reuse it to resume")
+    p.add_argument("--storage", default="", help="Optuna RDB URL (default SQLite in the output dir); "
+                   "postgresql://... lets several workers share one study")
+    p.add_argument("--n-trials", type=int, default=None, help="trials this process runs")
+    p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--temperature-range", type=float, nargs=2, default=(1.0, 10.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--alpha-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--search-lr", action="store_true", help="also search the learning rate (log scale)")
+    p.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 3e-4), metavar=("LOW", "HIGH"))
+    p.add_argument("--results-stem", default="", help="trials CSV and plots as <stem>.csv, <stem>-<plot>.png|html")
+    p.add_argument("--no-register", action="store_true", help="do not register the best model")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("speedtest", help="CPU latency, throughput and EM/F1 per model and backend")
     p.add_argument("--recipe", default="cpu", help="time this recipe's registered teacher, student and distilled")

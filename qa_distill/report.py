@@ -35,16 +35,14 @@ def recipe_runs(recipe: str) -> pd.DataFrame:
         filter_string=f"tags.recipe = '{recipe}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
-    if runs.empty or "tags.role" not in runs:
-        return runs
-    return runs[runs["tags.role"].isin(list(ROLE_NAMES))]
+    return runs[runs["tags.role"].isin(list(ROLE_NAMES))] if "tags.role" in runs else runs
 
 
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The newest run per role, as a row per model in teacher, student, distilled order."""
     rows = []
     for role, name in ROLE_NAMES.items():
-        found = runs[runs["tags.role"] == role]
+        found = runs[runs["tags.role"] == role] if "tags.role" in runs else runs.iloc[0:0]
         if found.empty:
             continue
         run = found.iloc[0]

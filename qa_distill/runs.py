@@ -54,9 +54,7 @@ def prepare(config: RunConfig) -> Prepared:
         torch.set_num_threads(config.training.threads)
     d = config.data
     train, dev = load_split(d, "train"), load_split(d, "dev")
-    set_seed(config.training.seed)  # the new QA head's initial weights
-    m = config.model
-    student = load_qa_model(m.name, m.layer_stride, m.attention_dropout, m.hidden_dropout)
+    student = load_student(config)
     train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
     dev_features = group_by_length(
         build_features(dev, student.tokenizer, d.max_length, d.doc_stride, "eval", d.cache_dir)
@@ -77,6 +75,13 @@ def prepare(config: RunConfig) -> Prepared:
     )
 
 
+def load_student(config: RunConfig) -> LoadedModel:
+    """A new student with a seeded QA head: one per run, and one per search trial."""
+    set_seed(config.training.seed)  # the new QA head's initial weights
+    m = config.model
+    return load_qa_model(m.name, m.layer_stride, m.attention_dropout, m.hidden_dropout)
+
+
 def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, Any]:
     t = p.config.training
     return {
@@ -93,8 +98,13 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
     }
 
 
-def _train_and_log(p: Prepared, trainer: QATrainer, extra_metrics: dict[str, float]) -> dict[str, Any]:
-    """Train (resuming a killed run), evaluate, save and log; returns the final metrics."""
+def _train_and_log(
+    p: Prepared, trainer: QATrainer, extra_metrics: dict[str, float], log_model: bool = True
+) -> dict[str, Any]:
+    """Train (resuming a killed run), evaluate, save and log; returns the final metrics.
+
+    `log_model=False` keeps the saved model out of MLflow (search trials: only the best is logged).
+    """
     out = Path(p.config.output_dir)
     checkpoint = get_last_checkpoint(str(out)) if p.config.training.resume and out.is_dir() else None
     if checkpoint:
@@ -125,9 +135,10 @@ def _train_and_log(p: Prepared, trainer: QATrainer, extra_metrics: dict[str, flo
     (out / "predictions.json").write_text(json.dumps(trainer.predictions))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     mlflow.log_artifact(str(out / "predictions.json"))
-    registered = p.config.registered_name if p.config.tracking.register_model else None
-    metrics["model_uri"] = log_qa_model(out, registered)
-    mlflow.set_tag("model_uri", metrics["model_uri"])
+    if log_model:
+        registered = p.config.registered_name if p.config.tracking.register_model else None
+        metrics["model_uri"] = log_qa_model(out, registered)
+        mlflow.set_tag("model_uri", metrics["model_uri"])
     return metrics
 
 
@@ -182,15 +193,25 @@ def make_distill_trainer(
     return trainer, info
 
 
-def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None, nested: bool = False) -> dict[str, Any]:
+def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The `distill` entry point: fine-tuning with the teacher's soft targets in the loss."""
     p = prepare(config)
     teacher = load_teacher(config, p.student)
-    with tracking.mlflow_run(config, nested=nested) as run:
-        mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
-        trainer, info = make_distill_trainer(p, teacher, callbacks)
-        if "teacher_cache_key" in info:
-            mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
-        seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}
-        metrics = _train_and_log(p, trainer, seconds)
-        return {**metrics, **info, "run_id": run.info.run_id}
+    with tracking.mlflow_run(config) as run:
+        return {**train_distill(p, teacher, callbacks), "run_id": run.info.run_id}
+
+
+def train_distill(
+    p: Prepared,
+    teacher: Teacher,
+    callbacks: list[TrainerCallback] | None = None,
+    log_model: bool = True,
+) -> dict[str, Any]:
+    """Distil into the active MLflow run: a search trial brings its own run, data and teacher."""
+    mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
+    trainer, info = make_distill_trainer(p, teacher, callbacks)
+    if "teacher_cache_key" in info:
+        mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
+    seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}
+    metrics = _train_and_log(p, trainer, seconds, log_model)
+    return {**metrics, **info}

@@ -344,21 +344,6 @@ def results_table(results: list[SpeedResult]) -> pd.DataFrame:
     return df
 
 
-def speed_test(
-    models: dict[str, str],
-    backends: list[str],
-    questions: list[dict[str, Any]],
-    threads: int,
-    warmup: int = 10,
-    batch_size: int = 32,
-    include_hf_baseline: bool = True,
-) -> pd.DataFrame:
-    """The speed-test table (see `speed_results` for the answers behind it)."""
-    return results_table(
-        speed_results(models, backends, questions, threads, warmup, batch_size, include_hf_baseline)
-    )
-
-
 def random_weight_model(arch: str, out_dir: str | Path) -> str:
     """A QA model of a paper architecture with random weights, saved with the uncased BERT
     tokenizer of our offline MiniLM (same vocabulary as bert-base-uncased).

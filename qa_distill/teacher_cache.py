@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,12 +124,17 @@ def load_or_compute(
     }
     computed = False
     if not path.exists():
-        tmp = path.with_name(key + ".tmp")
+        # a directory of this process's own, renamed into place whole: a reader never sees a
+        # half-written cache, and of two processes computing at once the first rename wins
+        tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process got there first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
         computed = True
     return _open(path, meta), computed
 

@@ -135,10 +135,10 @@ def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
 
 
 def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
-    table = speed.speed_test(
+    table = speed.results_table(speed.speed_results(
         {"teacher": tiny_model, "student": tiny_model}, ["fp32"], questions[:2], threads=1,
         warmup=0,
-    )
+    ))
     teacher_hf = table.query("model == 'teacher' and backend == 'hf-pipeline'")["p50_ms"].item()
     assert table["speedup_vs_teacher_hf"].tolist() == pytest.approx(
         (teacher_hf / table["p50_ms"]).tolist()
