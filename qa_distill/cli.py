@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qa_distill.config import DEFAULT_DEV_JSON
@@ -65,8 +66,6 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
-
     from qa_distill.errors import ConfigError
     from qa_distill.search import run_search
 
@@ -118,6 +117,20 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
     from qa_distill.speed import predict
 
     return {"answer": predict(args.model, args.question, args.context, args.backend)}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
+    from qa_distill.config import DataConfig
+    from qa_distill.evaluate import evaluate_model
+
+    data = DataConfig(data=args.data, dev_questions=args.dev_questions)
+    result = evaluate_model(args.model, data, args.backend)
+    predictions = result.pop("predictions")
+    if args.predictions:
+        Path(args.predictions).write_text(json.dumps(predictions))
+    return result
 
 
 def cmd_report(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -183,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", required=True)
     p.add_argument("--backend", default="fp32", help="fp32, fp32-maxpad, bf16 or int8")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="EM/F1 of a saved model on a SQuAD dev set")
+    p.add_argument("--model", required=True, help=MODEL_SOURCES)
+    p.add_argument("--data", default=str(DEFAULT_DEV_JSON.parent), help="hub name, directory or dev JSON")
+    p.add_argument("--dev-questions", type=int, default=None, help="seeded subset (default: all)")
+    p.add_argument("--backend", default="fp32", help="fp32, fp32-maxpad, bf16 or int8")
+    p.add_argument("--predictions", default="", help="also write id -> answer JSON here")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="a recipe's teacher/student/distilled results table from MLflow")
     p.add_argument("--recipe", default="cpu")

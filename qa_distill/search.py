@@ -43,6 +43,7 @@ from transformers import TrainerCallback
 from qa_distill import tracking
 from qa_distill.config import RunConfig
 from qa_distill.errors import ConfigError
+from qa_distill.evaluate import evaluate_model
 from qa_distill.features import cache_dir
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.runs import (
@@ -67,6 +68,9 @@ class SearchSpace:
     temperature: tuple[float, float] = (1.0, 10.0)
     alpha: tuple[float, float] = (0.0, 1.0)
     learning_rate: tuple[float, float] | None = None
+
+    def contains(self, temperature: float, alpha: float) -> bool:
+        return self.temperature[0] <= temperature <= self.temperature[1] and self.alpha[0] <= alpha <= self.alpha[1]
 
     def check(self) -> None:
         """Bad ranges fail before any data is loaded, not at the first trial."""
@@ -406,6 +410,20 @@ def log_best_model(
     return uri
 
 
+def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str, float]:
+    """Trials score on a dev subset to fit a budget; the best model is then scored on all of it."""
+    data = objective.prepared.config.data
+    if data.dev_questions is None or objective.best_here != summary["best_trial"] or objective.best_here is None:
+        return {}
+    full = dataclasses.replace(data, dev_questions=None)
+    backend = "bf16" if objective.prepared.precision == "bf16" else "fp32"
+    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, backend)
+    result = {"best_full_dev_f1": scores["f1"], "best_full_dev_exact_match": scores["exact_match"],
+              "full_dev_questions": scores["dev_questions"]}
+    mlflow.log_metrics(result)
+    return result
+
+
 def search_params(
     n_trials: int | None, timeout: float | None, sampler_seed: int, space: SearchSpace
 ) -> dict[str, Any]:
@@ -450,6 +468,10 @@ def run_search(
     teacher = load_teacher(config, prepared.student)
     warm_teacher_cache(prepared, teacher)
     study = open_study(study_name, storage, sampler_seed, pruner)
+    k = config.distillation
+    if not study.trials and space.contains(k.temperature, k.alpha):
+        # the recipe's own T and alpha first: the search's baseline, on the same budget
+        study.enqueue_trial({"temperature": k.temperature, "alpha": k.alpha}, skip_if_exists=True)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     with tracking.mlflow_run(config, run_name=study_name, tags=tags) as run:
@@ -459,6 +481,7 @@ def run_search(
             callbacks=[objective.after_trial], gc_after_trial=True,
         )
         summary = summarise(study, objective.trials_run)
+        summary |= score_on_full_dev(objective, summary)
         summary |= {"wall_seconds": time.perf_counter() - began, "storage": redact(storage)}
         stem = results_stem or Path(config.output_dir) / "report" / study_name
         log_summary(summary, write_report(study, stem))

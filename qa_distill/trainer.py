@@ -86,6 +86,11 @@ class QATrainer(Trainer):
         self.predictions: dict[str, str] = {}
         self.eval_history: list[dict[str, float]] = []
 
+    def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
+        # In order, always: logits are matched to windows by position, and the windows are
+        # already sorted by length (the Trainer would shuffle them in length groups).
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
     def predict_answers(self, features: Dataset) -> dict[str, str]:
         """Answer text per question for eval windows (with offset_mapping and example_id)."""
         loader = self.get_eval_dataloader(features)

@@ -7,7 +7,8 @@ import pytest
 from transformers import TrainerCallback
 
 from qa_distill.cli import main
-from qa_distill.config import load_config
+from qa_distill.config import DataConfig, load_config
+from qa_distill.evaluate import evaluate_model
 from qa_distill.runs import run_distill, run_finetune
 
 from .conftest import write_squad
@@ -43,6 +44,10 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     answer = model.predict([{"question": "Who won?", "context": context}])[0]
     assert isinstance(answer, str) and answer in context
     assert not list((tmp_path / "teacher").glob("checkpoint-*"))  # only the final model stays
+    # scoring the saved model again outside training gives the same answers and scores
+    again = evaluate_model(str(tmp_path / "teacher"), DataConfig(data=str(dev_sample)))
+    assert again["predictions"] == predictions
+    assert again["f1"] == pytest.approx(run.data.metrics["f1"])
 
 
 def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
