@@ -110,6 +110,7 @@ def _train_and_log(
     if checkpoint:
         log.info("resuming from %s", checkpoint)
         mlflow.set_tag("resumed_from", checkpoint)
+        tracking.end_orphaned_runs(p.config.output_dir)
     mlflow.log_params({f"run.{k}": v for k, v in p.data_notes.items()} | {"run.precision": p.precision})
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

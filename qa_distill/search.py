@@ -275,6 +275,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = trial_config(self.prepared.config, trial.number, self.space.suggest(trial))
+        # the budget each trial had, for the trials table (a study may cut the recipe to fit)
+        budget = {"train_questions": len(self.prepared.train_examples),
+                  "dev_questions": len(self.prepared.dev_examples), "epochs": config.training.epochs}
+        for key, value in budget.items():
+            trial.set_user_attr(key, value)
         with trial_run(config, trial):
             p = dataclasses.replace(self.prepared, config=config, student=load_student(config))
             metrics = train_distill(p, self.teacher, [PruningCallback(trial)], log_model=False)
@@ -316,6 +321,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             **({"learning_rate": t.params["learning_rate"]} if "learning_rate" in t.params else {}),
             "duration_s": duration,
             "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+            **{k: t.user_attrs.get(k) for k in ("train_questions", "dev_questions", "epochs")},
         })
     frame = pd.DataFrame(rows)
     optional = [c for c in frame.columns if c not in REPORT_COLUMNS]

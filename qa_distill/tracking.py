@@ -47,6 +47,20 @@ def mlflow_run(
         yield run
 
 
+def end_orphaned_runs(output_dir: str) -> list[str]:
+    """Mark KILLED the RUNNING runs that wrote into `output_dir` before this one: a process
+    killed outright (SIGKILL, a lost machine) never ends its run, and this run resumes its work."""
+    current = mlflow.active_run().info.run_id
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"params.`run.output_dir` = '{output_dir}' and attributes.status = 'RUNNING'",
+    )
+    orphans = [r for r in runs["run_id"] if r != current] if not runs.empty else []
+    for run_id in orphans:
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+    return orphans
+
+
 def _param(value: Any) -> str:
     return "" if value is None else str(value)[:6000]
 

@@ -122,9 +122,12 @@ def test_a_killed_run_is_marked_and_the_next_one_resumes(tmp_path, tracking_uri,
     killed = mlflow.search_runs(search_all_experiments=True)
     assert list(killed["status"]) == ["FAILED"]  # not left RUNNING
     assert list((tmp_path / "teacher").glob("checkpoint-*"))
+    # a SIGKILL leaves no chance to end the run: as if so, it is still RUNNING
+    mlflow.MlflowClient().update_run(killed["run_id"][0], status="RUNNING")
     result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
     run = _run(result["run_id"])
     assert run.info.status == "FINISHED" and "checkpoint-" in run.data.tags["resumed_from"]
+    assert _run(killed["run_id"][0]).info.status == "KILLED"  # the orphan is closed
     # only the second epoch was trained in the resumed run
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")) == 1
 
