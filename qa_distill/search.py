@@ -55,6 +55,7 @@ from qa_distill.runs import (
     prepare,
     train_distill,
 )
+from qa_distill.tables import write_tables
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +364,8 @@ def write_plots(study: optuna.Study, stem: Path) -> list[Path]:
 
 
 def write_report(study: optuna.Study, stem: Path) -> list[Path]:
-    """The trials CSV and the plots, as `<stem>.csv`, `<stem>-<plot>.png|html`."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    csv = stem.with_name(f"{stem.name}.csv")
-    trials_frame(study).to_csv(csv, index=False)
-    return [csv, *write_plots(study, stem)]
+    """The trials table and the plots, as `<stem>.csv|md`, `<stem>-<plot>.png|html`."""
+    return [*write_tables(trials_frame(study), stem), *write_plots(study, stem)]
 
 
 def summarise(study: optuna.Study, trials_run: list[int]) -> dict[str, Any]:
