@@ -17,7 +17,7 @@ from qa_distill.tables import write_tables
 from qa_distill.tracking import setup
 
 ROLE_NAMES = {"teacher": "teacher", "student": "student", "distill": "distilled"}
-_METRICS = ("exact_match", "f1", "train_seconds", "dev_questions", "train_windows_per_second")
+_METRICS = ("exact_match", "f1", "train_seconds", "teacher_cache_seconds", "dev_questions", "train_windows_per_second")
 _PARAMS = {
     "model.name": "base_model",
     "model.layer_stride": "layer_stride",
