@@ -15,10 +15,8 @@ import time
 import pandas as pd
 
 from qa_distill.config import RESULTS_DIR, load_config
-from qa_distill.features import cache_dir
-from qa_distill.runs import load_teacher, make_distill_trainer, prepare
+from qa_distill.runs import load_teacher, make_distill_trainer, prepare, teacher_logits
 from qa_distill.tables import write_tables
-from qa_distill.teacher_cache import load_or_compute
 
 
 def main() -> None:
@@ -40,9 +38,7 @@ def main() -> None:
         warm = 0.0
         if cached:  # warm the cache first: its one-off cost is not part of an epoch
             began = time.perf_counter()
-            load_or_compute(cache_dir(config.data.cache_dir), teacher.model, teacher.fingerprint,
-                            prepared.student.tokenizer, prepared.train_features, config.data.max_length,
-                            prepared.precision, config.training.eval_batch_size)
+            teacher_logits(prepared, teacher)
             warm = time.perf_counter() - began
         trainer, _ = make_distill_trainer(prepared, teacher)
         began = time.perf_counter()

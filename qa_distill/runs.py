@@ -28,7 +28,7 @@ from qa_distill.features import build_features, cache_dir, group_by_length
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
 from qa_distill.predictor import WINDOW_SETTINGS
-from qa_distill.teacher_cache import load_or_compute
+from qa_distill.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
 log = logging.getLogger(__name__)
@@ -166,19 +166,25 @@ def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
+def teacher_logits(p: Prepared, teacher: Teacher) -> tuple[TeacherLogits, bool]:
+    """The teacher's cached logits over this run's training windows (computed if absent)."""
+    d = p.config.data
+    return load_or_compute(
+        cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
+        p.train_features, d.max_length, p.precision, p.config.training.eval_batch_size,
+    )
+
+
 def make_distill_trainer(
     p: Prepared, teacher: Teacher, callbacks: list[TrainerCallback] | None = None
 ) -> tuple[DistillationTrainer, dict[str, Any]]:
     """A distillation trainer on the shared teacher-logits cache (or the teacher on the fly)."""
-    k, d = p.config.distillation, p.config.data
+    k = p.config.distillation
     info: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     if k.teacher_cache:
         began = time.perf_counter()
-        logits, computed = load_or_compute(
-            cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
-            p.train_features, d.max_length, p.precision, p.config.training.eval_batch_size,
-        )
+        logits, computed = teacher_logits(p, teacher)
         info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,
                 "teacher_cache_seconds": time.perf_counter() - began}
         kwargs["teacher_logits"] = logits

@@ -51,8 +51,8 @@ from qa_distill.runs import (
     Teacher,
     load_student,
     load_teacher,
-    make_distill_trainer,
     prepare,
+    teacher_logits,
     train_distill,
 )
 from qa_distill.tables import write_tables
@@ -254,7 +254,7 @@ def warm_teacher_cache(prepared: Prepared, teacher: Teacher) -> None:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        make_distill_trainer(prepared, teacher)
+        teacher_logits(prepared, teacher)
 
 
 class Objective:
