@@ -103,9 +103,12 @@ class TrialSeededTPE(BaseSampler):
     distinct and each one reproducible.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, first_params: dict[str, float] | None = None) -> None:
         self._seed = seed
         self._tpe = TPESampler(seed=seed)
+        # trial 0 takes these (the recipe's own T and alpha, the search's baseline): trial numbers
+        # are unique in the storage, so of several workers exactly one runs it
+        self._first = first_params or {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
@@ -120,11 +123,15 @@ class TrialSeededTPE(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        if trial.number == 0 and self._first:
+            return {}
         return self._tpe.sample_relative(study, trial, search_space)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: BaseDistribution
     ) -> Any:
+        if trial.number == 0 and name in self._first:
+            return self._first[name]
         return self._tpe.sample_independent(study, trial, name, distribution)
 
     def after_trial(
@@ -185,7 +192,11 @@ def rdb_storage(url: str, attempts: int = 3) -> RDBStorage:
 
 
 def open_study(
-    study_name: str, storage: str, sampler_seed: int, pruner: BasePruner | None = None
+    study_name: str,
+    storage: str,
+    sampler_seed: int,
+    pruner: BasePruner | None = None,
+    first_params: dict[str, float] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it to resume or to join other workers."""
     return optuna.create_study(
@@ -193,7 +204,7 @@ def open_study(
         storage=rdb_storage(storage),
         load_if_exists=True,
         direction="maximize",
-        sampler=TrialSeededTPE(sampler_seed),
+        sampler=TrialSeededTPE(sampler_seed, first_params),
         pruner=pruner or MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
 
@@ -471,11 +482,9 @@ def run_search(
     prepared = prepare(config)
     teacher = load_teacher(config, prepared.student)
     warm_teacher_cache(prepared, teacher)
-    study = open_study(study_name, storage, sampler_seed, pruner)
     k = config.distillation
-    if not study.trials and space.contains(k.temperature, k.alpha):
-        # the recipe's own T and alpha first: the search's baseline, on the same budget
-        study.enqueue_trial({"temperature": k.temperature, "alpha": k.alpha}, skip_if_exists=True)
+    baseline = {"temperature": k.temperature, "alpha": k.alpha} if space.contains(k.temperature, k.alpha) else None
+    study = open_study(study_name, storage, sampler_seed, pruner, baseline)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     with tracking.mlflow_run(config, run_name=study_name, tags=tags) as run:

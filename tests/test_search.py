@@ -141,6 +141,9 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     result = run(config, "s1", results_stem=stem, register_best=True)
 
     trials = load(config, "s1").trials
+    k = config.distillation
+    assert trials[0].params == {"temperature": k.temperature, "alpha": k.alpha}  # the baseline
+    assert trials[1].params != trials[0].params
     parents, nested = mlflow_runs(config)
     assert len(parents) == 1 and len(nested) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in nested} == {parents[0].info.run_id}
