@@ -31,6 +31,8 @@ RESULTS_DIR = EXPERIMENTS_DIR / "results"
 # the offline copy of SQuAD beside the project (see README); hub users pass --data squad
 DEFAULT_DEV_JSON = PROJECT_ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 ROLES = ("teacher", "student", "distill")
+# inference backends of qa_distill.predictor (named here so the CLI can list them without torch)
+BACKENDS = ("fp32", "fp32-maxpad", "bf16", "int8", "int8-smooth")
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
     """Turn a YAML/CLI value into the field's type, with an error that names the field."""
     if value is None:
         return None
-    text = str(type_hint)
+    text = type_hint.__name__ if isinstance(type_hint, type) else str(type_hint)  # "float", "int | None"
     try:
         if "bool" in text and not isinstance(value, bool):
             if str(value).lower() in ("true", "1", "yes"):
