@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qa_distill.config import DEFAULT_DEV_JSON
+from qa_distill.config import BACKENDS, DEFAULT_DEV_JSON
 from qa_distill.errors import QaDistillError
 
 MODEL_SOURCES = "local dir, hub name, runs:/<id>/model or models:/<name>/<version>"
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "architectures with random weights")
     p.add_argument("--dev-json", default=str(DEFAULT_DEV_JSON), help="SQuAD JSON the questions come from")
     p.add_argument("--questions", type=int, default=1000, help="number of dev questions (seeded sample)")
-    p.add_argument("--backends", default="", help="space-separated subset of fp32 fp32-maxpad bf16 int8 (default all)")
+    p.add_argument("--backends", default="", help=f"space-separated subset of {' '.join(BACKENDS)} (default all)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--batch-size", type=int, default=32, help="questions per call in the throughput pass")
     p.add_argument("--warmup", type=int, default=10, help="untimed questions first")
@@ -194,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=MODEL_SOURCES)
     p.add_argument("--question", required=True)
     p.add_argument("--context", required=True)
-    p.add_argument("--backend", default="fp32", help="fp32, fp32-maxpad, bf16 or int8")
+    p.add_argument("--backend", default="fp32", choices=BACKENDS)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="EM/F1 of a saved model on a SQuAD dev set")
     p.add_argument("--model", required=True, help=MODEL_SOURCES)
     p.add_argument("--data", default=str(DEFAULT_DEV_JSON.parent), help="hub name, directory or dev JSON")
     p.add_argument("--dev-questions", type=int, default=None, help="seeded subset (default: all)")
-    p.add_argument("--backend", default="fp32", help="fp32, fp32-maxpad, bf16 or int8")
+    p.add_argument("--backend", default="fp32", choices=BACKENDS)
     p.add_argument("--predictions", default="", help="also write id -> answer JSON here")
     p.set_defaults(func=cmd_evaluate)
 

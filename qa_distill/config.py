@@ -32,7 +32,7 @@ RESULTS_DIR = EXPERIMENTS_DIR / "results"
 DEFAULT_DEV_JSON = PROJECT_ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 ROLES = ("teacher", "student", "distill")
 # inference backends of qa_distill.predictor (named here so the CLI can list them without torch)
-BACKENDS = ("fp32", "fp32-maxpad", "bf16", "int8", "int8-smooth")
+BACKENDS = ("fp32", "fp32-maxpad", "bf16", "int8")
 
 
 @dataclass

@@ -431,8 +431,7 @@ def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str
     if data.dev_questions is None or objective.best_here != summary["best_trial"] or objective.best_here is None:
         return {}
     full = dataclasses.replace(data, dev_questions=None)
-    backend = "bf16" if objective.prepared.precision == "bf16" else "fp32"
-    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, backend)
+    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, "fp32")  # the reference
     result = {"best_full_dev_f1": scores["f1"], "best_full_dev_exact_match": scores["exact_match"],
               "full_dev_questions": scores["dev_questions"]}
     mlflow.log_metrics(result)

@@ -33,12 +33,12 @@ from transformers import (
     DistilBertConfig,
 )
 
-from qa_distill.config import RESULTS_DIR, TrackingConfig, launched_by_mlflow_run
+from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by_mlflow_run
 from qa_distill.data import read_squad_json
 from qa_distill.errors import ConfigError, DataError, ModelError
 from qa_distill.metrics import squad_scores
 from qa_distill.models import accepts, load_tokenizer, resolve_source
-from qa_distill.predictor import BACKENDS, QAPredictor
+from qa_distill.predictor import QAPredictor
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup as setup_tracking
 

@@ -8,15 +8,18 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from transformers import BertForQuestionAnswering
+from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 
 from qa_distill import speed
-from qa_distill.config import TrackingConfig
+from qa_distill.config import DataConfig, TrackingConfig
+from qa_distill.data import load_split
 from qa_distill.errors import ConfigError, ModelError
+from qa_distill.features import build_features
 from qa_distill.metrics import squad_scores
+from qa_distill.models import load_qa_model
 from qa_distill.predictor import QAPredictor
 
-from .conftest import DEV_JSON, save_tiny
+from .conftest import DEV_JSON, minilm_path, save_tiny
 
 DEV = str(DEV_JSON)
 
@@ -79,6 +82,57 @@ def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
     int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
     assert len(int8) == len(questions) and all(isinstance(a, str) for a in int8)
     assert _same(int8, fp32_answers) >= len(questions) / 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
+    """MiniLM cut to 2 of its 6 layers, fine-tuned for seconds (plain AdamW) on 134 questions
+    until it answers many of them: quantisation error only shows on a model that has learned
+    something. Returns the saved model and those questions (one changed answer moves F1 < 1)."""
+    split = load_split(DataConfig(data=str(dev_sample)), "train")
+    torch.manual_seed(0)  # the new QA head, dropout and shuffling
+    loaded = load_qa_model(minilm_path(), layer_stride=3)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    windows = build_features(split, tokenizer, 192, 64, "train", str(tmp_path_factory.mktemp("features")))
+    windows = list(windows.remove_columns("length"))
+    pad = DataCollatorWithPadding(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    model.train()
+    for _ in range(4):
+        for batch in torch.utils.data.DataLoader(windows, batch_size=8, shuffle=True, collate_fn=pad):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("trained")
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    questions = [
+        {"id": r["id"], "question": r["question"], "context": r["context"], "answers": r["answers"]["text"]}
+        for r in split.dataset
+    ]
+    return str(out), questions
+
+
+def test_fast_backends_keep_a_trained_models_f1(trained):
+    path, questions = trained
+    gold = {q["id"]: q["answers"] for q in questions}
+
+    def f1(backend: str) -> float:
+        answers = _answers(QAPredictor(path, backend), questions)
+        return squad_scores(gold, dict(zip(gold, answers, strict=True)))["f1"]
+
+    reference = f1("fp32")
+    assert reference > 30  # it learned (45 here): a random head scores near 0
+    assert f1("fp32-maxpad") == reference
+    assert abs(f1("bf16") - reference) <= 2
+    assert abs(f1("int8") - reference) <= 2
+
+
+def test_int8_quantises_the_encoder_but_not_the_qa_head(tiny_model):
+    model = QAPredictor(tiny_model, "int8").model
+    assert type(model.qa_outputs) is torch.nn.Linear
+    quantised = [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    assert len(quantised) == 2 * 6  # 2 layers: query, key, value, attention output, FFN in and out
 
 
 def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
@@ -210,7 +264,7 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     assert (config.model_type, config.n_layers, config.dim, config.vocab_size) == (
         "distilbert", 6, 768, 30522
     )
-    assert not predictor.takes_token_types
+    assert "token_type_ids" not in predictor.input_names
     q = questions[0]
     assert isinstance(predictor.answer(q["question"], q["context"]), str)
     assert isinstance(speed.HFPipelineBaseline(path).answer(q["question"], q["context"]), str)
