@@ -178,6 +178,28 @@ def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
     assert "speedup_vs_teacher_hf" not in table
 
 
+def test_measure_takes_turns_block_by_block(questions):
+    calls = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def answer_batch(self, qs: list[str], contexts: list[str]) -> list[str]:
+            calls.append((self.name, len(qs)))
+            return [self.name] * len(qs)
+
+    answerers = {("a", "fp32"): Recorder("a"), ("b", "int8"): Recorder("b")}
+    timings = speed.measure(answerers, questions, warmup=1, batch_size=4, blocks=2)
+    assert calls[:2] == [("a", 1), ("b", 1)]  # warm-up
+    # block 1: a alone on its 4 questions, then batched; then b; block 2 starts with b
+    turns = [("a", 1)] * 4 + [("a", 4)] + [("b", 1)] * 4 + [("b", 4)]
+    assert calls[2:] == turns + turns[5:] + turns[:5]
+    for (name, _), timing in timings.items():
+        assert len(timing.seconds) == len(questions) and all(t > 0 for t in timing.seconds)
+        assert timing.answers == {q["id"]: name for q in questions} and timing.batched_seconds > 0
+
+
 def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
     table = speed.results_table(speed.speed_results(
         {"teacher": tiny_model, "student": tiny_model}, ["fp32"], questions[:2], threads=1,
