@@ -120,8 +120,6 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    import json
-
     from qa_distill.config import DataConfig
     from qa_distill.evaluate import evaluate_model
 

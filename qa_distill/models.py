@@ -19,6 +19,7 @@ from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -114,6 +115,14 @@ class LoadedModel:
     kept_layers: list[int] | None = None
 
 
+def load_config(path: str) -> PretrainedConfig:
+    """The configuration of a resolved model source, or an error that names it."""
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {path!r}: {exc}") from exc
+
+
 def load_qa_model(
     source: str,
     layer_stride: int = 1,
@@ -122,10 +131,7 @@ def load_qa_model(
 ) -> LoadedModel:
     """A model with a QA head (new if the checkpoint has none), cut and configured as asked."""
     path = resolve_source(source)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {source!r}: {exc}") from exc
+    config = load_config(path)
     if attention_dropout is not None:
         _set_first(config, _ATTENTION_DROPOUT, attention_dropout)
     if hidden_dropout is not None:
@@ -179,6 +185,15 @@ def check_compatible(teacher: PreTrainedTokenizerBase, student: PreTrainedTokeni
         )
     if problems:
         raise ModelError("teacher and student tokenizers are not compatible: " + "; ".join(problems))
+
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def input_names(model: nn.Module) -> list[str]:
+    """The standard inputs the model's forward takes, in `INPUT_NAMES` order (a DistilBERT
+    takes no token_type_ids; passing them raises)."""
+    return [name for name in INPUT_NAMES if accepts(model, name)]
 
 
 def accepts(model: nn.Module, argument: str) -> bool:

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForQuestionAnswering
 
 from qa_distill.config import BACKENDS
 from qa_distill.errors import ModelError
 from qa_distill.features import context_offsets, encode_windows
-from qa_distill.models import accepts, load_tokenizer, resolve_source
+from qa_distill.models import input_names, load_qa_model, resolve_source
 from qa_distill.postprocess import pad_offsets, postprocess
 from qa_distill.quantize import quantize_int8
 
@@ -60,12 +59,10 @@ class QAPredictor:
         self.max_length = max_length or saved_length
         self.doc_stride = doc_stride or saved_stride
         self.batch_size, self.n_best, self.max_answer_length = batch_size, n_best, max_answer_length
-        self.tokenizer = load_tokenizer(path)
-        model = AutoModelForQuestionAnswering.from_pretrained(path).eval()
+        loaded = load_qa_model(path)
+        model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
         self.params = sum(p.numel() for p in model.parameters())
-        self.input_names = ["input_ids", "attention_mask"] + (
-            ["token_type_ids"] if accepts(model, "token_type_ids") else []
-        )
+        self.input_names = input_names(model)
         self.pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
         if backend == "int8":
             model = quantize_int8(model)

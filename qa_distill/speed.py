@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
     BertConfig,
@@ -37,7 +36,7 @@ from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by
 from qa_distill.data import read_squad_json
 from qa_distill.errors import ConfigError, DataError, ModelError
 from qa_distill.metrics import squad_scores
-from qa_distill.models import accepts, load_tokenizer, resolve_source
+from qa_distill.models import input_names, load_config, load_qa_model, load_tokenizer, resolve_source
 from qa_distill.predictor import QAPredictor
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup as setup_tracking
@@ -117,15 +116,13 @@ class HFPipelineBaseline:
     """
 
     def __init__(self, source: str, max_answer_len: int = 15, align_to_words: bool = True) -> None:
-        path = resolve_source(source)
-        self.tokenizer = load_tokenizer(path)
-        self.model = AutoModelForQuestionAnswering.from_pretrained(path).eval()
+        loaded = load_qa_model(source)
+        self.model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
         self.params = sum(p.numel() for p in self.model.parameters())
         self.max_length = min(self.tokenizer.model_max_length, 384)
         self.stride = min(self.max_length // 2, 128)
         self.max_answer_len, self.align_to_words = max_answer_len, align_to_words
-        names = ("input_ids", "token_type_ids", "attention_mask")
-        self.input_names = [n for n in names if accepts(self.model, n)]
+        self.input_names = input_names(self.model)
 
     def answer_batch(self, questions: list[str], contexts: list[str]) -> list[str]:
         """One question after the other, as the v4 pipeline did with a list of inputs."""
@@ -306,9 +303,9 @@ def _check_models(models: dict[str, str]) -> dict[str, str]:
     for name, source in models.items():
         path = resolve_source(source)
         try:
-            config = AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"model {name!r}: cannot load {source!r}: {exc}") from exc
+            config = load_config(path)
+        except ModelError as exc:
+            raise ModelError(f"model {name!r} ({source}): {exc}") from exc
         load_tokenizer(path)
         if not any(a.endswith("ForQuestionAnswering") for a in config.architectures or []):
             log.warning("model %r (%s) has no QA head (a random one is added): its EM/F1 mean "

@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from qa_distill.errors import QaDistillError
-from qa_distill.models import accepts
+from qa_distill.models import input_names
 
 
 class StaleCacheError(QaDistillError):
@@ -64,8 +64,7 @@ def teacher_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's logits for a batch, given the inputs it takes (token_type_ids for BERT)."""
     device = next(teacher.parameters()).device
-    names = ("input_ids", "attention_mask", "token_type_ids")
-    inputs = {k: batch[k].to(device) for k in names if k in batch and accepts(teacher, k)}
+    inputs = {k: batch[k].to(device) for k in input_names(teacher) if k in batch}
     with autocast(device, precision):
         out = teacher(**inputs)
     return out.start_logits.float(), out.end_logits.float()
