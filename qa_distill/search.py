@@ -307,6 +307,11 @@ class Objective:
         else:
             shutil.rmtree(self.trial_dir(trial.number), ignore_errors=True)
 
+    def holds(self, best_trial: int | None) -> bool:
+        """Whether this process kept the model of the study's best trial (a worker only holds
+        the best of its own trials)."""
+        return self.best_here is not None and self.best_here == best_trial
+
     def drop_best_here(self) -> None:
         if self.best_here is not None:
             shutil.rmtree(self.trial_dir(self.best_here), ignore_errors=True)
@@ -417,7 +422,7 @@ def log_best_model(
     With several workers only the one that ran the best trial holds its model, so a model is
     registered once per improvement, not once per worker.
     """
-    if objective.best_here is None or objective.best_here != summary["best_trial"]:
+    if not objective.holds(summary["best_trial"]):
         objective.drop_best_here()
         return None
     uri = log_qa_model(objective.trial_dir(objective.best_here), registered)
@@ -428,7 +433,7 @@ def log_best_model(
 def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str, float]:
     """Trials score on a dev subset to fit a budget; the best model is then scored on all of it."""
     data = objective.prepared.config.data
-    if data.dev_questions is None or objective.best_here != summary["best_trial"] or objective.best_here is None:
+    if data.dev_questions is None or not objective.holds(summary["best_trial"]):
         return {}
     full = dataclasses.replace(data, dev_questions=None)
     scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, "fp32")  # the reference

@@ -106,11 +106,7 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
     out = tmp_path_factory.mktemp("trained")
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    questions = [
-        {"id": r["id"], "question": r["question"], "context": r["context"], "answers": r["answers"]["text"]}
-        for r in split.dataset
-    ]
-    return str(out), questions
+    return str(out), speed.load_questions(str(dev_sample / "train-sample.json"), len(split.dataset))
 
 
 def test_fast_backends_keep_a_trained_models_f1(trained):
