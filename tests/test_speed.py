@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from torch.ao.nn.quantized import dynamic as nnqd
 from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 
 from qa_distill import speed
@@ -71,14 +72,14 @@ def test_padding_and_bf16_keep_the_fp32_answers(tiny_model, questions, fp32_answ
     # Padding to max_length only adds masked positions: the answers must not move at all.
     assert _answers(QAPredictor(tiny_model, "fp32-maxpad"), questions) == fp32_answers
     # bf16 keeps 8 mantissa bits; a random model's best spans can win by less than that, so a
-    # few flips are legitimate, but most answers must survive (39/40 do on this model).
+    # few flips are legitimate, but most answers must survive.
     bf16 = _answers(QAPredictor(tiny_model, "bf16"), questions)
     assert _same(bf16, fp32_answers) >= 0.75 * len(questions)
 
 
 def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
     # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
-    # here it must answer everything, and not be noise (90% agreement on 40 questions).
+    # here it must answer everything, and not be noise (half the answers the same as fp32).
     int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
     assert len(int8) == len(questions) and all(isinstance(a, str) for a in int8)
     assert _same(int8, fp32_answers) >= len(questions) / 2
@@ -112,22 +113,22 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
 def test_fast_backends_keep_a_trained_models_f1(trained):
     path, questions = trained
     gold = {q["id"]: q["answers"] for q in questions}
-
-    def f1(backend: str) -> float:
-        answers = _answers(QAPredictor(path, backend), questions)
-        return squad_scores(gold, dict(zip(gold, answers, strict=True)))["f1"]
-
-    reference = f1("fp32")
-    assert reference > 30  # it learned (45 here): a random head scores near 0
-    assert f1("fp32-maxpad") == reference
-    assert abs(f1("bf16") - reference) <= 2
-    assert abs(f1("int8") - reference) <= 2
+    answers = {b: _answers(QAPredictor(path, b), questions) for b in ("fp32", "fp32-maxpad", "bf16", "int8")}
+    f1 = {b: squad_scores(gold, dict(zip(gold, a, strict=True)))["f1"] for b, a in answers.items()}
+    assert f1["fp32"] > 30  # it learned (45 here): a random head scores near 0
+    assert answers["fp32-maxpad"] == answers["fp32"]
+    assert abs(f1["bf16"] - f1["fp32"]) <= 2
+    # int8 must not lose more than 2 F1. It changes 12 of these 134 answers, and here gains 2.0
+    # F1 (one answer moves F1 by up to 0.75): noise of a small set, so the bounds are on the loss
+    # and on how many answers move.
+    assert f1["fp32"] - f1["int8"] <= 2
+    assert _same(answers["int8"], answers["fp32"]) >= 0.85 * len(questions)
 
 
 def test_int8_quantises_the_encoder_but_not_the_qa_head(tiny_model):
     model = QAPredictor(tiny_model, "int8").model
     assert type(model.qa_outputs) is torch.nn.Linear
-    quantised = [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    quantised = [m for m in model.modules() if isinstance(m, nnqd.Linear)]
     assert len(quantised) == 2 * 6  # 2 layers: query, key, value, attention output, FFN in and out
 
 
