@@ -1,0 +1,75 @@
+"""A QA model's forward pass as a traced TorchScript graph, for CPU inference without Python.
+
+At batch 1 the Python around the tensor work (module calls, mask building, output classes) is
+a good part of a small model's latency: on the cpu recipe's distilled student in int8 (two
+threads, 200 dev questions), a traced graph answers in 8.0 ms median where the eager model
+takes 9.3. torch.jit is deprecated in favour of torch.compile, but torch.compile is slower here
+(12.8 ms): it breaks the graph at every dynamic-int8 linear layer and recompiles as the window
+length changes. So we trace, check the graph against the eager model on other shapes than the
+one traced, and fall back to the eager model, with a warning, if tracing fails or disagrees.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+Logits = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[dict[str, torch.Tensor]], Logits]
+
+
+class _StartEnd(nn.Module):
+    """The model with positional tensor inputs and a (start, end) logits output, as tracing needs."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *tensors: torch.Tensor) -> Logits:
+        out = self.model(**dict(zip(self.names, tensors, strict=True)))
+        return out.start_logits, out.end_logits
+
+
+def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int], seed: int = 0
+                   ) -> dict[str, torch.Tensor]:
+    """Random windows of the given lengths, right-padded to the longest (question, then context)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(1, vocab_size, (len(lengths), width), generator=generator)
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    inputs = {"input_ids": ids * mask, "attention_mask": mask,
+              "token_type_ids": (torch.arange(width) >= width // 3).long().expand_as(ids) * mask}
+    return {name: inputs[name] for name in names}
+
+
+def trace_logits(model: nn.Module, names: Sequence[str], vocab_size: int) -> Forward:
+    """`inputs -> (start_logits, end_logits)` through a traced graph of `model`, or through
+    `model` itself (with a warning) where tracing fails or gives other logits."""
+    wrapped = _StartEnd(model, names).eval()
+
+    def tensors(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(inputs[name] for name in names)
+
+    def eager(inputs: dict[str, torch.Tensor]) -> Logits:
+        return wrapped(*tensors(inputs))
+
+    traced_on = example_inputs(names, vocab_size, [16, 10])
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings of model code, and the deprecation
+            graph = torch.jit.freeze(torch.jit.trace(wrapped, tensors(traced_on)))
+            for seed, lengths in enumerate(([9], [24, 7, 20])):
+                check = example_inputs(names, vocab_size, lengths, seed=seed + 1)
+                for ours, theirs in zip(graph(*tensors(check)), eager(check), strict=True):
+                    torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-2, atol=1e-2)
+    except Exception as error:  # noqa: BLE001 - any failure: the eager model still answers
+        warnings.warn(f"{type(model).__name__} runs eager: tracing it failed ({error})", stacklevel=2)
+        return eager
+
+    def traced(inputs: dict[str, torch.Tensor]) -> Logits:
+        return graph(*tensors(inputs))
+
+    return traced
