@@ -175,7 +175,7 @@ def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
     assert "speedup_vs_teacher_hf" not in table
 
 
-def test_measure_takes_turns_block_by_block(questions):
+def test_measure_takes_turns_batch_by_batch(questions):
     calls = []
 
     class Recorder:
@@ -187,9 +187,10 @@ def test_measure_takes_turns_block_by_block(questions):
             return [self.name] * len(qs)
 
     answerers = {("a", "fp32"): Recorder("a"), ("b", "int8"): Recorder("b")}
-    timings = speed.measure(answerers, questions, warmup=1, batch_size=4, blocks=2)
+    timings = speed.measure(answerers, questions, warmup=1, batch_size=4)
     assert calls[:2] == [("a", 1), ("b", 1)]  # warm-up
-    # block 1: a alone on its 4 questions, then batched; then b; block 2 starts with b
+    # 8 questions, blocks of 4. Block 1: a alone on each question, then batched; then b.
+    # Block 2 starts with b.
     turns = [("a", 1)] * 4 + [("a", 4)] + [("b", 1)] * 4 + [("b", 4)]
     assert calls[2:] == turns + turns[5:] + turns[:5]
     for (name, _), timing in timings.items():
