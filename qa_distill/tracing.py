@@ -7,6 +7,8 @@ takes 9.3. torch.jit is deprecated in favour of torch.compile, but torch.compile
 (12.8 ms): it breaks the graph at every dynamic-int8 linear layer and recompiles as the window
 length changes. So we trace, check the graph against the eager model on other shapes than the
 one traced, and fall back to the eager model, with a warning, if tracing fails or disagrees.
+Freezing the graph folds constants ahead of time; that keeps about 36 MB more memory for the
+cpu recipe's 90 MB teacher.
 """
 
 from __future__ import annotations
