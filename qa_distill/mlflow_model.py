@@ -21,6 +21,11 @@ class QAModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = QAPredictor(context.artifacts[ARTIFACT])
 
+    def __getstate__(self) -> dict:
+        """Pickled without the predictor, which `load_context` builds again from the artifacts:
+        MLflow may pickle the model after using it, and a traced graph cannot be pickled."""
+        return {key: value for key, value in self.__dict__.items() if key != "predictor"}
+
     def predict(self, context, model_input, params=None) -> list[str]:
         frame = pd.DataFrame(model_input)
         return self.predictor.answer_batch(list(frame["question"]), list(frame["context"]))
