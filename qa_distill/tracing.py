@@ -13,8 +13,10 @@ tracing fails or disagrees. Freezing the graph folds constants ahead of time; th
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,6 +35,19 @@ class _StartEnd(nn.Module):
     def forward(self, *tensors: torch.Tensor) -> Logits:
         out = self.model(**dict(zip(self.names, tensors, strict=True)))
         return out.start_logits, out.end_logits
+
+
+@contextmanager
+def _quiet_model_attributes() -> Iterator[None]:
+    """Tracing reads every attribute of the model, and transformers' `loss_function` property
+    then logs that a QA model's config names no loss, a warning about training, not inference."""
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int], seed: int = 0
@@ -60,7 +75,7 @@ def trace_logits(model: nn.Module, names: Sequence[str], vocab_size: int) -> For
 
     traced_on = example_inputs(names, vocab_size, [16, 10])
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_model_attributes():
             warnings.simplefilter("ignore")  # TracerWarnings of model code, and the deprecation
             graph = torch.jit.freeze(torch.jit.trace(wrapped, tensors(traced_on)))
             for seed, lengths in enumerate(([9], [24, 7, 20])):
