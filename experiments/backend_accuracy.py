@@ -1,8 +1,8 @@
 """EM/F1 on the whole SQuAD v1.1 dev set of a recipe's students on each inference backend.
 
 The speed test scores the 1,000 questions it times, where one changed answer moves F1 by up to
-0.1: on the cpu recipe's distilled student, int8 came out 1.0 F1 below fp32 on that sample and
-0.3 above it on 1,500 other dev questions. This scores all 10,570 questions, through
+0.1, too coarse to tell a backend's cost from which questions were drawn (on the cpu recipe's
+distilled student, int8 came out 1.00 F1 below fp32 there). This scores all 10,570 questions, through
 `qa-distill evaluate`'s code (batches of 32 windows; int8 quantises each call's input with one
 scale, so its answers can differ a little from batch 1's). fp32-maxpad is left out: padding
 changes no answer (tested).
