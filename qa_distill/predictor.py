@@ -10,8 +10,9 @@ here is the answer the dev-set metric scored. Backends:
 - `int8`: dynamic int8 quantisation of the encoder's linear layers (`quantize.py`), float32
   elsewhere.
 
-Every backend runs its model as a traced TorchScript graph (`tracing.py`): the same logits
-without the Python of the model's forward, about 1 ms a question at batch 1.
+Every backend runs its model as traced TorchScript graphs (`tracing.py`): the same logits
+without the Python of the model's forward, about 1 ms a question at batch 1, and without the
+attention mask where a batch has no padding.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from torch import nn
 
 from qa_distill.models import input_names, load_qa_model
 from qa_distill.quantize import quantize_int8
-from qa_distill.tracing import example_inputs, trace_logits
+from qa_distill.tracing import TracedLogits, example_inputs, trace_logits
 
-SHAPES = ([1], [33], [40, 12, 25], [8] * 4)  # none is the (16, 10) batch traced on
+SHAPES = ([1], [33], [40, 12, 25], [8] * 4)  # none is a batch traced on: (16, 10), (16, 16)
 
 
 @pytest.mark.parametrize("backend", ["fp32", "bf16", "int8"])
@@ -25,7 +25,7 @@ def test_traced_logits_equal_the_eager_models_on_other_shapes(kind, backend, req
         model = quantize_int8(model)
     names = input_names(model)
     forward = trace_logits(model, names, model.config.vocab_size)
-    assert forward.__name__ == "traced"
+    assert isinstance(forward, TracedLogits)
     with torch.no_grad():
         for seed, lengths in enumerate(SHAPES):
             inputs = example_inputs(names, model.config.vocab_size, lengths, seed=seed + 10)
@@ -43,6 +43,17 @@ class WidthBaked(nn.Module):
         width = int(input_ids.shape[1])
         logits = torch.arange(width, dtype=torch.float32).expand(input_ids.shape[0], width)
         return SimpleNamespace(start_logits=logits, end_logits=-logits)
+
+
+def test_batches_without_padding_run_the_graph_that_takes_no_mask(tiny_bert):
+    model = load_qa_model(tiny_bert).model.eval()
+    names = input_names(model)
+    forward = trace_logits(model, names, model.config.vocab_size)
+    for lengths, takes_mask in (([12], False), ([12, 12], False), ([12, 5], True)):
+        graph, graph_names = forward.graph_for(example_inputs(names, model.config.vocab_size, lengths))
+        graph_inputs = [i.debugName() for i in graph.graph.inputs()][1:]  # after `self`
+        assert ("attention_mask" in graph_names) is takes_mask
+        assert len(graph_inputs) == len(graph_names) == len(names) - (not takes_mask)
 
 
 def test_a_model_that_traces_wrong_runs_eager_with_a_warning():
