@@ -74,9 +74,9 @@ class QAPredictor:
         elif backend == "bf16":
             model = model.to(torch.bfloat16)
         self.model = model
-        self._forward = trace_logits(model, self.input_names, model.config.vocab_size)
+        self.forward = trace_logits(model, self.input_names, model.config.vocab_size)
 
-    def _batch(self, enc, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+    def inputs(self, enc, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
         """Windows `rows` right-padded to `width`, as model inputs (NumPy: several times cheaper
         than `tokenizer.pad`, which matters at batch 1)."""
         batch = {}
@@ -97,7 +97,7 @@ class QAPredictor:
         for lo in range(0, len(order), self.batch_size):
             rows = order[lo : lo + self.batch_size]
             longest = width if self.backend == "fp32-maxpad" else lengths[rows[-1]]
-            start_logits, end_logits = self._forward(self._batch(enc, rows, longest))
+            start_logits, end_logits = self.forward(self.inputs(enc, rows, longest))
             start[rows, :longest] = start_logits.float().numpy()
             end[rows, :longest] = end_logits.float().numpy()
         return start, end

@@ -73,7 +73,7 @@ def _tensors(inputs: dict[str, torch.Tensor], names: Sequence[str]) -> tuple[tor
     return tuple(inputs[name] for name in names)
 
 
-class _Eager:
+class EagerLogits:
     """The model itself, called like the traced graphs: the fallback, and their reference."""
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -83,7 +83,7 @@ class _Eager:
         return self.wrapped(*_tensors(inputs, self.names))
 
 
-def _checked_graph(eager: _Eager, names: Sequence[str], vocab_size: int,
+def _checked_graph(eager: EagerLogits, names: Sequence[str], vocab_size: int,
                    shapes: Sequence[Sequence[int]]) -> torch.jit.ScriptModule:
     """A frozen trace of the model taking `names`, traced on windows of the first of `shapes`,
     checked against the eager model (given every input) on each of the others."""
@@ -123,7 +123,7 @@ class TracedLogits:
 def trace_logits(model: nn.Module, names: Sequence[str], vocab_size: int) -> Forward:
     """`inputs -> (start_logits, end_logits)` through traced graphs of `model` (`TracedLogits`),
     or through `model` itself (with a warning) where tracing fails or gives other logits."""
-    eager = _Eager(model, names)
+    eager = EagerLogits(model, names)
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_model_attributes():
             warnings.simplefilter("ignore")  # TracerWarnings of model code, and the deprecation

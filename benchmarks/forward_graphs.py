@@ -1,0 +1,108 @@
+"""Forward pass at batch 1: the eager model vs its traced graphs, with and without the mask.
+
+For each backend, the predictor's model answers the windows of `--questions` dev questions one
+question at a time (the latency case), three ways, side by side in rotating order:
+
+- `eager`: the model's own forward (transformers' Python, mask building included);
+- `traced, masked`: the traced graph given the attention mask, as for a padded batch;
+- `traced`: what the predictor runs (`TracedLogits`): the graph without the mask where the batch
+  has no padding, which is every one-window question.
+
+Prints median milliseconds and the ratios, and writes
+experiments/results/forward-graphs-bench.{csv,md}.
+
+    python benchmarks/forward_graphs.py [--model models:/qa-distill-cpu-distill/latest] [--questions 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
+from qa_distill.features import encode_windows
+from qa_distill.predictor import QAPredictor
+from qa_distill.speed import load_questions
+from qa_distill.tables import write_tables
+from qa_distill.tracing import EagerLogits, TracedLogits
+
+Inputs = dict[str, torch.Tensor]
+
+
+def question_batches(predictor: QAPredictor, questions: list[dict]) -> list[Inputs]:
+    """Each question's windows as one batch, padded to its longest, as the predictor builds it."""
+    batches = []
+    for q in questions:
+        enc = encode_windows(predictor.tokenizer, [q["question"]], [q["context"]],
+                             predictor.max_length, predictor.doc_stride)
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        batches.append(predictor.inputs(enc, np.argsort(lengths, kind="stable"), max(lengths)))
+    return batches
+
+
+def variants(predictor: QAPredictor) -> dict[str, Callable[[Inputs], object]]:
+    traced = predictor.forward
+    if not isinstance(traced, TracedLogits):
+        raise SystemExit(f"{predictor.source} ({predictor.backend}) did not trace: nothing to compare")
+
+    def masked(inputs: Inputs) -> object:
+        return traced.padded(*(inputs[name] for name in traced.names))
+
+    return {"eager": EagerLogits(predictor.model, predictor.input_names),
+            "traced, masked": masked, "traced": traced}
+
+
+@torch.inference_mode()
+def time_variants(runs: dict[str, Callable[[Inputs], object]], batches: list[Inputs],
+                  repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, taking turns on every batch (a slow spell hits all)."""
+    for run in runs.values():
+        for inputs in batches[:5]:
+            run(inputs)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for b, inputs in enumerate(batches):
+            shift = (r + b) % len(names)
+            for name in names[shift:] + names[:shift]:
+                began = time.perf_counter()
+                runs[name](inputs)
+                seconds[name].append(time.perf_counter() - began)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/qa-distill-cpu-distill/latest")
+    parser.add_argument("--backends", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--dev-json", default=str(DEFAULT_DEV_JSON))
+    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    questions = load_questions(args.dev_json, args.questions, seed=1)
+    rows = []
+    for backend in args.backends:
+        predictor = QAPredictor(args.model, backend)
+        seconds = time_variants(variants(predictor), question_batches(predictor, questions), args.repeats)
+        for name, values in seconds.items():
+            ms = 1000.0 * np.asarray(values)
+            rows.append({"model": args.model, "backend": backend, "forward": name,
+                         "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+                         "questions": len(questions), "repeats": args.repeats, "threads": args.threads})
+    table = pd.DataFrame(rows)
+    eager = table[table["forward"] == "eager"].set_index("backend")["median_ms"]
+    table["speedup_vs_eager"] = table["backend"].map(eager) / table["median_ms"]
+    csv, md = write_tables(table, RESULTS_DIR / "forward-graphs-bench")
+    print(table.to_string(index=False))
+    print(f"({csv}, {md})")
+
+
+if __name__ == "__main__":
+    main()
