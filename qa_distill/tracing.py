@@ -27,6 +27,7 @@ from torch import nn
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]
+MASK = "attention_mask"
 
 
 class _StartEnd(nn.Module):
@@ -66,7 +67,9 @@ def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int]
     return {name: inputs[name] for name in names}
 
 
-MASK = "attention_mask"
+
+def _without_mask(names: Sequence[str]) -> list[str]:
+    return [name for name in names if name != MASK]
 
 
 def _tensors(inputs: dict[str, torch.Tensor], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
@@ -107,7 +110,7 @@ class TracedLogits:
     def __init__(self, padded: torch.jit.ScriptModule, names: Sequence[str],
                  unpadded: torch.jit.ScriptModule | None) -> None:
         self.padded, self.names = padded, list(names)
-        self.unpadded, self.unpadded_names = unpadded, [n for n in names if n != MASK]
+        self.unpadded, self.unpadded_names = unpadded, _without_mask(names)
 
     def graph_for(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.jit.ScriptModule, list[str]]:
         """The graph that runs this batch, and the inputs it takes."""
@@ -130,8 +133,7 @@ def trace_logits(model: nn.Module, names: Sequence[str], vocab_size: int) -> For
             padded = _checked_graph(eager, names, vocab_size, ([16, 10], [9], [24, 7, 20]))
             unpadded = None
             if MASK in names:
-                unmasked = [n for n in names if n != MASK]
-                unpadded = _checked_graph(eager, unmasked, vocab_size, ([16, 16], [9], [24] * 3))
+                unpadded = _checked_graph(eager, _without_mask(names), vocab_size, ([16, 16], [9], [24] * 3))
     except Exception as error:  # noqa: BLE001 - any failure: the eager model still answers
         warnings.warn(f"{type(model).__name__} runs eager: tracing it failed ({error})", stacklevel=2)
         return eager
