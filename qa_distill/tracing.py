@@ -1,18 +1,20 @@
-"""A QA model's forward pass as a traced TorchScript graph, for CPU inference without Python.
+"""A QA model's forward pass as traced TorchScript graphs, for CPU inference without Python.
 
 At batch 1 the Python around the tensor work (module calls, mask building, output classes) is
-a good part of a small model's latency: on the cpu recipe's distilled student in int8 (two
-threads, the windows of 200 dev questions), a traced graph runs the forward pass in 8.0 ms
-median where the eager model takes 9.3. torch.jit is deprecated in favour of torch.compile, but
-torch.compile is slower here (12.8 ms): it breaks the graph at every dynamic-int8 linear layer
-and recompiles as the window length changes. So we trace, check the graph against the eager
-model on other shapes than the one traced, and fall back to the eager model, with a warning, if
-tracing fails or disagrees. Freezing the graph folds constants ahead of time; that keeps about
-36 MB more memory for the cpu recipe's 90 MB teacher.
+a good part of a small model's latency. On the cpu recipe's distilled student in int8 (two
+threads, the windows of 200 dev questions one question at a time), the graph given the mask runs
+the forward pass in 3.32 ms median where the eager model takes 4.51, and the graph without the
+mask, for batches with no padding, in 3.11 (`benchmarks/forward_graphs.py`,
+experiments/results/forward-graphs-bench.md). Unmasked, the graph builds no 4-D mask and
+attention runs without one; the logits are the same.
 
-A batch without padding (every batch of one window, the latency case) runs a second graph, traced
-without the attention mask: about 5% sooner, and about 26 MB more memory for the teacher (the
-weights are shared between the two graphs).
+torch.jit is deprecated in favour of torch.compile, but torch.compile was slower here on an
+earlier machine (12.8 ms where the traced graph took 8.0): it breaks the graph at every
+dynamic-int8 linear layer and recompiles as the window length changes. So we trace, check each
+graph against the eager model on other shapes than the one traced, and fall back to the eager
+model, with a warning, if tracing fails or disagrees. Freezing a graph folds constants ahead of
+time; the two graphs keep about 60 MB more memory than the eager model for the cpu recipe's
+90 MB teacher (the weights themselves are shared).
 """
 
 from __future__ import annotations
@@ -103,9 +105,7 @@ def _checked_graph(eager: EagerLogits, names: Sequence[str], vocab_size: int,
 
 class TracedLogits:
     """A model's forward pass as two traced graphs: one given the attention mask, for batches
-    with padding, and one without it, for batches with none (every batch of a single window).
-    Unmasked, the graph builds no 4-D mask and attention runs without one: the same logits,
-    about 5% sooner for the cpu recipe's int8 student at batch 1."""
+    with padding, and one without it, for batches with none (every batch of a single window)."""
 
     def __init__(self, padded: torch.jit.ScriptModule, names: Sequence[str],
                  unpadded: torch.jit.ScriptModule | None) -> None:
