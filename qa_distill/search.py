@@ -210,14 +210,19 @@ def open_study(
 
 
 class PruningCallback(TrainerCallback):
-    """Reports each evaluation's dev F1 to the trial; stops training when the pruner says so."""
+    """Reports each evaluation's dev F1 to the trial; stops training when the pruner says so.
+
+    The last evaluation is reported but never prunes: training is over, so pruning would save
+    nothing and only throw away a finished trial (in a one-epoch study, every trial the pruner
+    ranks below the median).
+    """
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.trial.report(metrics["eval_f1"], step=state.global_step)
-        if self.trial.should_prune():
+        if state.global_step < state.max_steps and self.trial.should_prune():
             self.trial.set_user_attr("pruned_at_epoch", state.epoch)
             raise optuna.TrialPruned(f"dev F1 {metrics['eval_f1']:.2f} at epoch {state.epoch:g}")
 

@@ -207,6 +207,17 @@ def test_failing_trial_is_failed_and_the_study_goes_on(config: RunConfig, monkey
     assert {runs[n].info.status for n in (0, 2)} == {"FINISHED"}
 
 
+def test_the_last_evaluation_never_prunes(config: RunConfig):
+    config.training.epochs = 1  # one evaluation, after the last step: nothing left to save
+    always = optuna.pruners.ThresholdPruner(lower=1000.0)
+    result = run(config, "last-epoch", n_trials=2, pruner=always, register_best=False)
+
+    trials = load(config, "last-epoch").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 1 for t in trials)
+    assert result["n_pruned"] == 0 and result["best_trial"] in (0, 1)
+
+
 def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(config: RunConfig, tmp_path: Path):
     always = optuna.pruners.ThresholdPruner(lower=1000.0)
     result = run(config, "prunes", n_trials=2, pruner=always, results_stem=tmp_path / "r" / "p")
