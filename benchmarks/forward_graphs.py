@@ -35,14 +35,13 @@ Inputs = dict[str, torch.Tensor]
 
 
 def question_batches(predictor: QAPredictor, questions: list[dict]) -> list[Inputs]:
-    """Each question's windows as one batch, padded to its longest, as the predictor builds it."""
-    batches = []
-    for q in questions:
-        enc = encode_windows(predictor.tokenizer, [q["question"]], [q["context"]],
-                             predictor.max_length, predictor.doc_stride)
-        lengths = [len(ids) for ids in enc["input_ids"]]
-        batches.append(predictor.inputs(enc, np.argsort(lengths, kind="stable"), max(lengths)))
-    return batches
+    """The model inputs the predictor builds for each question asked alone."""
+    return [
+        inputs
+        for q in questions
+        for _, _, inputs in predictor.batches(encode_windows(
+            predictor.tokenizer, [q["question"]], [q["context"]], predictor.max_length, predictor.doc_stride))
+    ]
 
 
 def variants(predictor: QAPredictor) -> dict[str, Callable[[Inputs], object]]:

@@ -18,6 +18,7 @@ attention mask where a batch has no padding.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ class QAPredictor:
         self.model = model
         self.forward = trace_logits(model, self.input_names, model.config.vocab_size)
 
-    def inputs(self, enc, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+    def _inputs(self, enc, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
         """Windows `rows` right-padded to `width`, as model inputs (NumPy: several times cheaper
         than `tokenizer.pad`, which matters at batch 1)."""
         batch = {}
@@ -87,17 +88,24 @@ class QAPredictor:
             batch[name] = torch.from_numpy(array)
         return batch
 
+    def batches(self, enc) -> Iterator[tuple[np.ndarray, int, dict[str, torch.Tensor]]]:
+        """(rows, width, model inputs) for every `batch_size` windows of `enc`, shortest first, so
+        each batch pads only to its own longest window (to max_length for `fp32-maxpad`)."""
+        lengths = [len(x) for x in enc["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        for lo in range(0, len(order), self.batch_size):
+            rows = order[lo : lo + self.batch_size]
+            width = self.max_length if self.backend == "fp32-maxpad" else lengths[rows[-1]]
+            yield rows, width, self._inputs(enc, rows, width)
+
     @torch.inference_mode()
     def _logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
         lengths = [len(x) for x in enc["input_ids"]]
         width = self.max_length if self.backend == "fp32-maxpad" else max(lengths)
         start = np.full((len(lengths), width), -1e4, dtype=np.float32)
         end = np.full((len(lengths), width), -1e4, dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        for lo in range(0, len(order), self.batch_size):
-            rows = order[lo : lo + self.batch_size]
-            longest = width if self.backend == "fp32-maxpad" else lengths[rows[-1]]
-            start_logits, end_logits = self.forward(self.inputs(enc, rows, longest))
+        for rows, longest, inputs in self.batches(enc):
+            start_logits, end_logits = self.forward(inputs)
             start[rows, :longest] = start_logits.float().numpy()
             end[rows, :longest] = end_logits.float().numpy()
         return start, end

@@ -69,7 +69,6 @@ def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int]
     return {name: inputs[name] for name in names}
 
 
-
 def _without_mask(names: Sequence[str]) -> list[str]:
     return [name for name in names if name != MASK]
 
