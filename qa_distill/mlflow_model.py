@@ -1,37 +1,103 @@
-"""The MLflow model of a trained QA model: a pyfunc that answers questions.
+"""The MLflow model of a trained QA model: a pyfunc that answers questions, ready to serve.
 
 transformers 5 has no question-answering pipeline, so the `transformers` flavour cannot log one;
 this pyfunc wraps the HF model directory with our own predictor (same windows and
-post-processing as evaluation). Input: a DataFrame (or records) with `question` and `context`.
+post-processing as evaluation). Input: a DataFrame (or records) with string columns `question`
+and `context`; output: one answer per row; param `backend` (fp32, fp32-maxpad, bf16, int8), one
+predictor per backend, built on first use. A bad request raises an `MlflowException` with a
+one-line message, which `mlflow models serve` answers with HTTP 400 (any other exception would
+come back with its traceback). A context longer than `max_context_words` (model config, saved
+with the model; `mlflow.pyfunc.load_model(uri, model_config=...)` overrides it) is refused:
+its windows would keep a server busy for seconds.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from qa_distill.config import BACKENDS
+from qa_distill.requirements import pinned_requirements
 
 ARTIFACT = "hf_model"  # the HF model directory inside the MLflow model
+COLUMNS = ("question", "context")
+MAX_CONTEXT_WORDS = 5000  # SQuAD contexts have at most ~700 words
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", name) for name in COLUMNS]),
+    outputs=Schema([ColSpec("string")]),
+    params=ParamSchema([ParamSpec("backend", "string", "fp32")]),
+)
+
+
+def bad_request(message: str) -> MlflowException:
+    """The error a server turns into HTTP 400 with this message and no traceback."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def check_request(frame: pd.DataFrame, backend: str, max_context_words: int) -> None:
+    """Refuse, in one line, what the predictor cannot answer well: a missing column, a value
+    that is not a string, an unknown backend, a context over the limit."""
+    if backend not in BACKENDS:
+        raise bad_request(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise bad_request(f"missing field(s) {missing}: each row needs a question and a context")
+    for column in COLUMNS:
+        wrong = [i for i, value in enumerate(frame[column]) if not isinstance(value, str)]
+        if wrong:
+            raise bad_request(f"{column} of row(s) {wrong[:5]} is not a string")
+    words = frame["context"].str.split().str.len()
+    too_long = [(i, int(n)) for i, n in enumerate(words) if n > max_context_words]
+    if too_long:
+        row, count = too_long[0]
+        raise bad_request(f"context of row {row} has {count} words, over the limit of {max_context_words} "
+                          f"(model config max_context_words)")
 
 
 class QAModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from qa_distill.predictor import QAPredictor
+        self.model_dir = context.artifacts[ARTIFACT]
+        self.max_context_words = int((context.model_config or {}).get("max_context_words", MAX_CONTEXT_WORDS))
+        self.predictors: dict[str, Any] = {}
+        self.predictor("fp32")  # the default, ready before the first request
 
-        self.predictor = QAPredictor(context.artifacts[ARTIFACT])
+    def predictor(self, backend: str):
+        """The predictor of one backend, built on its first request (int8 quantises, every
+        backend traces its graphs: seconds that only a used backend should cost)."""
+        if backend not in self.predictors:
+            from qa_distill.predictor import QAPredictor
+
+            began = time.perf_counter()
+            self.predictors[backend] = QAPredictor(self.model_dir, backend)
+            # stderr is the server's log: which backends a server has built, and what it cost
+            print(f"qa-distill model: {backend} predictor ready in {time.perf_counter() - began:.1f} s",
+                  file=sys.stderr, flush=True)
+        return self.predictors[backend]
 
     def __getstate__(self) -> dict:
-        """Pickled without the predictor, which `load_context` builds again from the artifacts:
+        """Pickled without the predictors, which `load_context` builds again from the artifacts:
         MLflow may pickle the model after using it, and a traced graph cannot be pickled."""
-        return {key: value for key, value in self.__dict__.items() if key != "predictor"}
+        return {key: value for key, value in self.__dict__.items() if key != "predictors"}
 
-    def predict(self, context, model_input, params=None) -> list[str]:
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         frame = pd.DataFrame(model_input)
-        return self.predictor.answer_batch(list(frame["question"]), list(frame["context"]))
+        backend = (params or {}).get("backend") or "fp32"
+        check_request(frame, backend, self.max_context_words)
+        return self.predictor(backend).answer_batch(list(frame["question"]), list(frame["context"]))
 
 
-def log_qa_model(model_dir: str | Path, registered_name: str | None = None) -> str:
+def log_qa_model(
+    model_dir: str | Path, registered_name: str | None = None, max_context_words: int = MAX_CONTEXT_WORDS
+) -> str:
     """Log a saved HF QA model directory as an MLflow pyfunc; returns its model URI."""
     example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ada."]})
     info = mlflow.pyfunc.log_model(
@@ -40,8 +106,10 @@ def log_qa_model(model_dir: str | Path, registered_name: str | None = None) -> s
         artifacts={ARTIFACT: str(model_dir)},
         code_paths=[str(Path(__file__).parent)],
         input_example=example,
+        signature=SIGNATURE,
+        model_config={"max_context_words": max_context_words},
         registered_model_name=registered_name,
-        pip_requirements=["torch", "transformers", "pandas", "numpy"],
+        pip_requirements=pinned_requirements(),
     )
     return info.model_uri
 

@@ -1,7 +1,8 @@
 """`qa-distill report`: a recipe's MLflow runs as one pandas table (CSV and Markdown).
 
 One row per model: the latest finished run of each role (`teacher`, `student`, `distill`, the
-last shown as `distilled`), with its dev EM/F1, training time and what it was trained on.
+last shown as `distilled`), with its dev EM/F1, training time and what it was trained on, and
+beside them the p50 latency per backend that the speed test tagged its registered version with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 
 from qa_distill.config import RESULTS_DIR, TrackingConfig
 from qa_distill.errors import ConfigError
+from qa_distill.registry import with_latency
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup
 
@@ -63,7 +65,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
     """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
     setup(tracking)
-    table = results_table(recipe_runs(recipe))
+    table = with_latency(results_table(recipe_runs(recipe)))
     if table.empty:
         raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in "
                           f"{mlflow.get_tracking_uri()}")

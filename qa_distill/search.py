@@ -198,8 +198,9 @@ def open_study(
     pruner: BasePruner | None = None,
     first_params: dict[str, float] | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it to resume or to join other workers."""
-    return optuna.create_study(
+    """Create the study, or load it to resume or to join other workers; its objective is named
+    `f1` (optuna-dashboard and the plots show that, not "Objective 0")."""
+    study = optuna.create_study(
         study_name=study_name,
         storage=rdb_storage(storage),
         load_if_exists=True,
@@ -207,6 +208,10 @@ def open_study(
         sampler=TrialSeededTPE(sampler_seed, first_params),
         pruner=pruner or MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["f1"])
+    return study
 
 
 class PruningCallback(TrainerCallback):
@@ -361,7 +366,8 @@ PLOTS: dict[str, tuple[str, dict[str, Any], int]] = {
 
 
 def write_plots(study: optuna.Study, stem: Path) -> list[Path]:
-    """Each plot as PNG (matplotlib backend) and HTML (plotly); kaleido cannot render PNG here."""
+    """Each plot as PNG (matplotlib backend) and HTML (plotly, its JavaScript inline so the page
+    works offline); kaleido cannot render PNG here."""
     import matplotlib.pyplot as plt
     import optuna.visualization as plotly_vis
     import optuna.visualization.matplotlib as mpl_vis
@@ -379,7 +385,7 @@ def write_plots(study: optuna.Study, stem: Path) -> list[Path]:
             figure = np.ravel(axes)[0].figure  # contour of 2 params is one Axes; more give a grid
             figure.savefig(png, dpi=100, bbox_inches="tight")
             plt.close(figure)
-            getattr(plotly_vis, function)(study, **kwargs).write_html(html, include_plotlyjs="cdn")
+            getattr(plotly_vis, function)(study, **kwargs).write_html(html, include_plotlyjs=True)
             written += [png, html]
     return written
 

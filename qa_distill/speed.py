@@ -32,14 +32,16 @@ from transformers import (
     DistilBertConfig,
 )
 
-from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by_mlflow_run
+from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by_mlflow_run, tracking_uri
 from qa_distill.data import read_squad_json
 from qa_distill.errors import ConfigError, DataError, ModelError
 from qa_distill.metrics import squad_scores
 from qa_distill.models import input_names, load_config, load_qa_model, load_tokenizer, resolve_source
 from qa_distill.predictor import QAPredictor
+from qa_distill.registry import LATENCY_FIGURES, pin_versions, tag_versions
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup as setup_tracking
+from qa_distill.tradeoff import log_to_run_and_parent, tradeoff_stem, write_tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ _FORMATS = {
     "exact_match": ".2f", "f1": ".2f", "size_mb": ".1f",
     "speedup_vs_hf": ".2f", "speedup_vs_teacher_hf": ".2f",
 }
-_LOGGED = ("p50_ms", "p90_ms", "p99_ms", "questions_per_s", "exact_match", "f1", "size_mb",
-           "speedup_vs_hf", "speedup_vs_teacher_hf")
 
 
 class Answerer(Protocol):
@@ -439,13 +439,17 @@ def run_speedtest(
 ) -> pd.DataFrame:
     """The `speedtest` entry point: check everything, time in one MLflow run, log, write tables.
 
-    Tables go to `<output>.csv/.md` (default `experiments/results/<run_name>`), answers to
-    `<output>-answers.json`; all three are logged as artifacts, each figure as a metric
-    `<model>.<backend>.<figure>`.
+    A registry source (`models:/<name>/latest`, a stage or an alias) is pinned to the version it
+    names before anything is timed; that version (`name/number`) is the table's `version` column
+    and gets the figures as tags (`registry.py`). Tables go to `<output>.csv/.md` (default
+    `experiments/results/<run_name>`), answers to `<output>-answers.json`, the F1-vs-p50 plot to
+    `<output minus "-speed">-tradeoff.png/.html`; all are logged as artifacts (the plot also to
+    the parent run of a workflow), the tagged figures as metrics `<model>.<backend>.<figure>`.
     """
     backends = list(BACKENDS) if backends is None else list(backends)
     _check_settings(backends, questions, threads, batch_size, warmup)
-    named = parse_models(models)
+    mlflow.set_tracking_uri(tracking_uri(tracking or TrackingConfig()))  # where models:/ resolve
+    named, versions = pin_versions(parse_models(models))
     sample = load_questions(dev_json, questions)
     paths = _check_models(named)
     stem = Path(output) if output else RESULTS_DIR / run_name
@@ -453,29 +457,32 @@ def run_speedtest(
     setup_tracking(tracking or TrackingConfig())
     run = mlflow.start_run() if launched_by_mlflow_run() else mlflow.start_run(run_name=run_name)
     with run:
+        cpu = _cpu_name()
         # "speed." keeps clear of the parameters `mlflow run` logs itself, as given
         settings = {
             **{f"model.{name}": source for name, source in named.items()},
             "dev_json": dev_json, "questions": len(sample), "backends": ",".join(backends),
             "threads": threads, "batch_size": batch_size, "warmup": warmup,
             "hf_baseline": hf_baseline, "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu": _cpu_name(),
+            "transformers": transformers.__version__, "cpu": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         mlflow.log_params({f"speed.{key}": value for key, value in settings.items()})
         results = _time_models(paths, backends, sample, threads, warmup, batch_size, hf_baseline)
         df = results_table(results)
+        df.insert(1, "version", [versions[name].label if name in versions else "" for name in df["model"]])
         mlflow.log_metrics({
             _metric_name(row["model"], row["backend"], figure): float(row[figure])
             for row in df.to_dict("records")
-            for figure in _LOGGED
-            if figure in row
+            for figure in LATENCY_FIGURES
         })
+        tag_versions(versions, df, run.info.run_id, cpu, threads)
         tables = write_tables(df, stem, _FORMATS)
         answers = stem.with_name(stem.name + "-answers.json")
         answers.write_text(json.dumps({f"{r.model}.{r.backend}": r.answers for r in results}))
         for path in (*tables, answers):
             mlflow.log_artifact(str(path))
+        log_to_run_and_parent(write_tradeoff(df, tradeoff_stem(stem)))
     return df
 
 

@@ -98,3 +98,13 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return uri
+
+
+def assert_offline_html(path: Path) -> None:
+    """A plotly page that works offline: plotly.js inline, no script loaded from the network."""
+    import re
+
+    html = Path(path).read_text()
+    sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']*)", html)
+    assert not [s for s in sources if "cdn.plot.ly" in s or s.startswith(("https://", "http://", "//"))], sources
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # the inline library is ~4.7 MB

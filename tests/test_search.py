@@ -23,6 +23,8 @@ from optuna.trial import TrialState
 from qa_distill import search
 from qa_distill.config import RunConfig, load_config
 
+from .conftest import assert_offline_html
+
 TESTS_DIR = Path(__file__).resolve().parent
 PARAGRAPHS = [
     ("Ada Lovelace wrote the first published algorithm in 1843 for the Analytical Engine, "
@@ -140,7 +142,9 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     stem = tmp_path / "results" / "s1"
     result = run(config, "s1", results_stem=stem, register_best=True)
 
-    trials = load(config, "s1").trials
+    study = load(config, "s1")
+    trials = study.trials
+    assert study.metric_names == ["f1"]  # what optuna-dashboard labels the objective
     k = config.distillation
     assert trials[0].params == {"temperature": k.temperature, "alpha": k.alpha}  # the baseline
     assert trials[1].params != trials[0].params
@@ -166,7 +170,7 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     assert list(frame.columns[:6]) == search.REPORT_COLUMNS and len(frame) == 3
     for plot in ("history", "importances", "contour", "intermediate"):
         assert (tmp_path / "results" / f"s1-{plot}.png").stat().st_size > 0
-        assert (tmp_path / "results" / f"s1-{plot}.html").exists()
+        assert_offline_html(tmp_path / "results" / f"s1-{plot}.html")
     report = mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")
     assert "report/s1.csv" in {a.path for a in report}
 

@@ -20,7 +20,7 @@ from qa_distill.metrics import squad_scores
 from qa_distill.models import load_qa_model
 from qa_distill.predictor import QAPredictor
 
-from .conftest import DEV_JSON, minilm_path, save_tiny
+from .conftest import DEV_JSON, assert_offline_html, minilm_path, save_tiny
 
 DEV = str(DEV_JSON)
 
@@ -216,27 +216,60 @@ def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
     assert first[header.index("p50_ms")] == f"{table['p50_ms'][0]:.2f}"
 
 
-def test_run_speedtest_logs_one_run(tiny_model, tmp_path, monkeypatch, tracking_uri):
+def register_twice(model_dir: str, name: str) -> None:
+    """Versions 1 and 2 of `name`, both the HF directory logged by one run (an MLflow model of
+    ours keeps the same files under artifacts/; loading finds config.json either way)."""
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(model_dir, "model")
+    client = mlflow.MlflowClient()
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+
+
+def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp_path, monkeypatch, tracking_uri):
     mlflow.set_tracking_uri(tracking_uri)  # an experiment with artifacts in tmp_path, not mlruns/
     mlflow.create_experiment("speed-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("speed-test")
+    register_twice(tiny_model, "tiny-registered")
     tracking = TrackingConfig(tracking_uri=tracking_uri, experiment="speed-test")
     df = speed.run_speedtest(
-        [f"tiny={tiny_model}"], DEV, questions=3, backends=["fp32"], threads=1,
-        batch_size=2, output=str(tmp_path / "out" / "speed"), warmup=1,
+        ["tiny=models:/tiny-registered/latest", f"local={tiny_model}"], DEV, questions=3,
+        backends=["fp32"], threads=1, batch_size=2, output=str(tmp_path / "out" / "cpu-speed"), warmup=1,
         tracking=tracking, run_name="speed-run",
     )
-    assert df[["model", "backend"]].values.tolist() == [["tiny", "hf-pipeline"], ["tiny", "fp32"]]
-    (run,) = mlflow.search_runs(experiment_names=["speed-test"], output_format="list")
-    assert run.info.run_name == "speed-run" and run.info.status == "FINISHED"
+    assert df[["model", "version", "backend"]].values.tolist() == [
+        ["tiny", "tiny-registered/2", "hf-pipeline"], ["tiny", "tiny-registered/2", "fp32"],
+        ["local", "", "hf-pipeline"], ["local", "", "fp32"],
+    ]
+    (run,) = mlflow.search_runs(experiment_names=["speed-test"], output_format="list",
+                                filter_string="attributes.run_name = 'speed-run'")
+    assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["speed.questions"] == "3" and params["speed.model.tiny"] == tiny_model
+    assert params["speed.questions"] == "3" and params["speed.model.local"] == tiny_model
+    assert params["speed.model.tiny"] == "models:/tiny-registered/2"  # the number, not latest
     assert run.data.metrics["tiny.fp32.p50_ms"] == pytest.approx(df["p50_ms"][1])
-    assert run.data.metrics["tiny.hf-pipeline.speedup_vs_hf"] == pytest.approx(1.0)
-    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
-    assert logged == {"speed.csv", "speed.md", "speed-answers.json"}
+    assert run.data.metrics["local.hf-pipeline.f1"] == pytest.approx(df["f1"][2])
+    assert not [m for m in run.data.metrics if m.endswith(("size_mb", "speedup_vs_hf"))]  # in the table
 
-    # Under `mlflow run`, the run it created is the one that gets the figures.
-    created = mlflow.MlflowClient().create_run(run.info.experiment_id)
+    client = mlflow.MlflowClient()
+    tags = client.get_model_version("tiny-registered", "2").tags
+    for i, backend in ((0, "hf-pipeline"), (1, "fp32")):
+        for figure in ("p50_ms", "p90_ms", "p99_ms", "questions_per_s", "exact_match", "f1"):
+            assert float(tags[f"latency.{backend}.{figure}"]) == pytest.approx(df[figure][i], rel=1e-5)
+    assert tags["latency.cpu"] == params["speed.cpu"] and tags["latency.threads"] == "1"
+    assert tags["latency.run_id"] == run.info.run_id
+    assert not client.get_model_version("tiny-registered", "1").tags  # not the version timed
+
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert logged == {"cpu-speed.csv", "cpu-speed.md", "cpu-speed-answers.json", "cpu-tradeoff.png",
+                      "cpu-tradeoff.html"}
+    assert_offline_html(tmp_path / "out" / "cpu-tradeoff.html")
+
+    # Under `mlflow run` as a step of a workflow: the run it created gets the figures, and the
+    # workflow's parent run the plot too.
+    parent = client.create_run(run.info.experiment_id)
+    created = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
     speed.run_speedtest(
         [tiny_model], DEV, questions=1, backends=["int8"], threads=1, warmup=0,
@@ -246,6 +279,8 @@ def test_run_speedtest_logs_one_run(tiny_model, tmp_path, monkeypatch, tracking_
     resumed = mlflow.get_run(created.info.run_id)
     assert resumed.info.status == "FINISHED"
     assert f"{Path(tiny_model).name}.int8.f1" in resumed.data.metrics  # named after its dir
+    on_parent = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id)}
+    assert on_parent == {"again-tradeoff.png", "again-tradeoff.html"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,42 @@
+"""The pip requirements of this package's own code, pinned to the installed versions.
+
+The MLflow model bundles the whole `qa_distill` package as code, so an environment that serves it
+needs every third-party package any of its modules imports. Reading the imports from the source
+(rather than a hand-kept list) keeps the two from drifting apart; `importlib.metadata` maps an
+import name to the distribution that provides it (`yaml` -> PyYAML) and gives its version.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from importlib.metadata import packages_distributions, version
+from pathlib import Path
+
+from qa_distill.errors import ModelError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def imported_modules(package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """Top-level names of the third-party modules the package's `.py` files import (absolute
+    imports only: relative ones are the package itself)."""
+    names: set[str] = set()
+    for source in package_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("__future__", package_dir.name)}
+
+
+def pinned_requirements(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """`distribution==version` for every distribution behind the package's imports, sorted. A
+    local version label (`2.13.0+cpu`) is dropped: pip resolves the public version from an index."""
+    providers = packages_distributions()
+    missing = sorted(m for m in imported_modules(package_dir) if m not in providers)
+    if missing:
+        raise ModelError(f"no installed distribution provides the module(s) {missing} the code imports")
+    distributions = {d for m in imported_modules(package_dir) for d in providers[m]}
+    return sorted(f"{d}=={version(d).split('+')[0]}" for d in distributions)

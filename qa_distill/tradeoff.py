@@ -1,0 +1,123 @@
+"""The accuracy/latency trade-off of a speed table: F1 against p50 latency, one point per model
+and backend, as a PNG (matplotlib) and a self-contained HTML (plotly, its JavaScript inline, so
+the page works offline).
+
+The dashed line joins the Pareto front: the points no other point beats on both F1 and p50.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from qa_distill.errors import DataError
+
+TITLE = "F1 against p50 latency (one question at a time, CPU)"
+_MARKERS = {"hf-pipeline": "X", "fp32": "o", "fp32-maxpad": "s", "bf16": "^", "int8": "D"}
+_PLOTLY_MARKERS = {"X": "x", "o": "circle", "s": "square", "^": "triangle-up", "D": "diamond"}
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on both figures (lower `p50_ms`, higher `f1`), fastest first."""
+    rows = table.sort_values(["p50_ms", "f1"], ascending=[True, False])
+    return rows[rows["f1"] > rows["f1"].cummax().shift(fill_value=float("-inf"))]
+
+
+def _check(table: pd.DataFrame) -> None:
+    missing = {"model", "backend", "p50_ms", "f1"} - set(table.columns)
+    if missing:
+        raise DataError(f"a speed table needs columns {sorted(missing)} for the trade-off plot")
+    if table.empty:
+        raise DataError("the speed table has no rows to plot")
+
+
+def _png(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    colours = dict(zip(table["model"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for row in table.to_dict("records"):
+        axes.scatter(row["p50_ms"], row["f1"], color=colours.get(row["model"], "grey"),
+                     marker=_MARKERS.get(row["backend"], "o"), s=60)
+        axes.annotate(f"{row['model']} {row['backend']}", (row["p50_ms"], row["f1"]), fontsize=7,
+                      xytext=(4, 3), textcoords="offset points")
+    axes.plot(front["p50_ms"], front["f1"], "k--", linewidth=0.8, label="Pareto front")
+    axes.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")  # 6, 10, 20 rather than 10^1
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.set(xlabel="p50 latency per question (ms, log scale)", ylabel="F1 on the timed questions",
+             title=f"{TITLE}\n{subtitle}")
+    axes.legend(loc="lower right")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _html(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -> None:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for model, rows in table.groupby("model", sort=False):
+        figure.add_trace(go.Scatter(
+            x=rows["p50_ms"], y=rows["f1"], mode="markers+text", name=model,
+            text=rows["backend"], textposition="top center",
+            marker={"size": 11, "symbol": [_PLOTLY_MARKERS[_MARKERS.get(b, "o")] for b in rows["backend"]]},
+            hovertemplate=f"{model} %{{text}}<br>p50 %{{x:.2f}} ms<br>F1 %{{y:.2f}}<extra></extra>",
+        ))
+    figure.add_trace(go.Scatter(x=front["p50_ms"], y=front["f1"], mode="lines", name="Pareto front",
+                                line={"dash": "dash", "color": "black", "width": 1}))
+    figure.update_layout(title=f"{TITLE}<br><sub>{subtitle}</sub>", xaxis_type="log",
+                         xaxis_title="p50 latency per question (ms, log scale)",
+                         yaxis_title="F1 on the timed questions")
+    figure.write_html(path, include_plotlyjs=True)
+
+
+def write_tradeoff(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """`<stem>.png` and `<stem>.html` from a speed table (`speed.results_table` or its CSV)."""
+    _check(table)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    front = pareto_front(table)
+    first = table.iloc[0]
+    subtitle = ", ".join(f"{first[c]} {c}" for c in ("questions", "threads") if c in table.columns)
+    png, html = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".html")
+    _png(table, front, png, subtitle)
+    _html(table, front, html, subtitle)
+    return [png, html]
+
+
+def tradeoff_stem(speed_stem: Path) -> Path:
+    """Where a speed table's plot goes: `cpu-speed` -> `cpu-tradeoff`, any other `x` -> `x-tradeoff`."""
+    speed_stem = Path(speed_stem)
+    return speed_stem.with_name(speed_stem.name.removesuffix("-speed") + "-tradeoff")
+
+
+def log_to_run_and_parent(paths: list[Path]) -> None:
+    """Artifacts of the active run, and of its parent run when it is a step of a workflow."""
+    run = mlflow.active_run()
+    parent = MlflowClient().get_run(run.info.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    for path in paths:
+        mlflow.log_artifact(str(path))
+        if parent:
+            MlflowClient().log_artifact(parent, str(path))
+
+
+def plot_speed_table(speed_csv: str | Path, stem: Path | None = None) -> list[Path]:
+    """The trade-off plot of a written speed table (`<x>-speed.csv` -> `<x>-tradeoff.png|html`),
+    logged to the active run and its parent when a run is active."""
+    speed_csv = Path(speed_csv)
+    if not speed_csv.exists():
+        raise DataError(f"{speed_csv}: no such speed table (run `qa-distill speedtest` first)")
+    paths = write_tradeoff(pd.read_csv(speed_csv), stem or tradeoff_stem(speed_csv.with_suffix("")))
+    if mlflow.active_run() is not None:
+        log_to_run_and_parent(paths)
+    return paths

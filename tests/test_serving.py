@@ -1,0 +1,175 @@
+"""The logged model as a user serves it: its requirements, its signature, and `mlflow models serve`
+answering good and bad requests over HTTP (a random-weight tiny BERT: any answer will do)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib.metadata import packages_distributions, version
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from qa_distill.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
+from qa_distill.predictor import QAPredictor
+
+from .conftest import DEV_JSON
+
+pytestmark = pytest.mark.slow  # logging the model runs it once; the server takes a minute to start
+ROOT = Path(__file__).resolve().parents[1]
+REGISTERED = "tiny-qa"
+
+
+@pytest.fixture(scope="module")
+def logged(tiny_bert, tmp_path_factory) -> dict:
+    """The tiny model logged and registered in a store of its own; its URI, files and store."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        log_qa_model(tiny_bert, REGISTERED)
+    model_uri = f"models:/{REGISTERED}/1"
+    return {"uri": model_uri, "tracking_uri": uri, "root": root,
+            "files": Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(root / "model")))}
+
+
+def third_party_imports(code_dir: Path) -> set[str]:
+    """Top-level modules the bundled code imports that neither the standard library nor the
+    package itself provides."""
+    modules = set()
+    for source in code_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules.add(node.module.partition(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"__future__", "qa_distill"}
+
+
+def test_requirements_pin_every_package_the_bundled_code_imports(logged):
+    requirements = (logged["files"] / "requirements.txt").read_text().split()
+    pins = dict(line.split("==") for line in requirements)
+    assert all("==" in line for line in requirements), requirements
+    modules = third_party_imports(logged["files"] / "code" / "qa_distill")
+    assert {"datasets", "torch", "transformers", "yaml", "mlflow"} <= modules
+    providers = packages_distributions()
+    for module in modules:
+        for distribution in providers[module]:
+            assert pins.get(distribution) == version(distribution).split("+")[0], (module, distribution)
+
+
+def test_signature_types_the_inputs_the_output_and_the_backend(logged):
+    signature = mlflow.models.get_model_info(logged["uri"]).signature
+    assert [(c.name, c.type.name) for c in signature.inputs.inputs] == [("question", "string"), ("context", "string")]
+    assert [c.type.name for c in signature.outputs.inputs] == ["string"]
+    (param,) = signature.params.params
+    assert (param.name, param.dtype.name, param.default) == ("backend", "string", "fp32")
+    config = yaml.safe_load((logged["files"] / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    assert config == {"max_context_words": MAX_CONTEXT_WORDS}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(logged):
+    """`mlflow models serve --env-manager local` on the registered version; its URL and log."""
+    port, log = _free_port(), logged["root"] / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["tracking_uri"], "PYTHONPATH": str(ROOT)}
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(mlflow_cli), "models", "serve", "-m", logged["uri"], "--env-manager", "local", "-p", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if process.poll() is not None:
+                pytest.fail(f"the server exited: {log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the server did not answer /ping in 4 minutes: {log.read_text()[-2000:]}")
+        yield {"url": url, "log": log}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it started
+        process.wait(timeout=30)
+
+
+def _post(server: dict, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(f"{server['url']}/invocations", json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    from qa_distill.speed import load_questions
+
+    return [{"question": q["question"], "context": q["context"]} for q in load_questions(str(DEV_JSON), 3)]
+
+
+def test_good_requests_get_an_answer_per_row(server, rows, tiny_bert):
+    status, body = _post(server, {"dataframe_records": rows})
+    assert status == 200
+    answers = json.loads(body)["predictions"]
+    expected = QAPredictor(tiny_bert).answer_batch([r["question"] for r in rows], [r["context"] for r in rows])
+    assert answers == expected and all(a in r["context"] for a, r in zip(answers, rows, strict=True))
+    columns = {"question": [r["question"] for r in rows], "context": [r["context"] for r in rows]}
+    assert _post(server, {"inputs": columns}) == (200, body)
+
+
+def test_backend_param_picks_the_int8_predictor(server, rows, tiny_bert):
+    assert "int8 predictor ready" not in server["log"].read_text()  # built on first use only
+    status, body = _post(server, {"dataframe_records": rows, "params": {"backend": "int8"}})
+    assert status == 200
+    int8 = QAPredictor(tiny_bert, "int8").answer_batch([r["question"] for r in rows], [r["context"] for r in rows])
+    assert json.loads(body)["predictions"] == int8
+    # the tiny model answers alike on every backend, so the server's log shows which one it used
+    assert "qa-distill model: int8 predictor ready" in server["log"].read_text()
+
+
+def _refused(server: dict, payload: dict) -> str:
+    """A 400 whose JSON body is one line with no traceback; returns the message's last line
+    (MLflow's server puts the request's rows before the model's own one-line reason)."""
+    status, body = _post(server, payload)
+    assert status == 400, body
+    assert "\n" not in body.strip() and "Traceback" not in body and 'File "' not in body
+    error = json.loads(body)
+    assert set(error) <= {"error_code", "message", "sqlstate", "error_class"}  # no stack_trace
+    return error["message"].splitlines()[-1]
+
+
+def test_bad_requests_get_a_400_with_the_reason(server, rows):
+    row = rows[0]
+    assert _refused(server, {"dataframe_records": [{**row, "question": 3}]}) == (
+        "Error: question of row(s) [0] is not a string")
+    assert "missing inputs ['context']" in _refused(server, {"dataframe_records": [{"question": "Who?"}]})
+    assert _refused(server, {"dataframe_records": [row], "params": {"backend": "int9"}}).endswith(
+        "unknown backend 'int9': expected one of ['fp32', 'fp32-maxpad', 'bf16', 'int8']")
+    too_long = {**row, "context": "word " * (MAX_CONTEXT_WORDS + 1)}
+    assert _refused(server, {"dataframe_records": [row, too_long]}).endswith(
+        f"context of row 1 has {MAX_CONTEXT_WORDS + 1} words, over the limit of {MAX_CONTEXT_WORDS} "
+        "(model config max_context_words)")
