@@ -88,11 +88,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_flops(device: torch.device, size: int, repeats: int = 20) -> float:
+def peak_flops(device: torch.device, size: int, repeats: int = 100) -> float:
     """The device's bf16 matmul FLOP/s, measured: the denominator of MFU."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+    for _ in range(10):  # clocks up, kernels chosen
         a @ b
     synchronize(device)
     began = time.perf_counter()

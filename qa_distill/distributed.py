@@ -31,11 +31,6 @@ def world_size() -> int:
     return _state().num_processes
 
 
-def barrier() -> None:
-    """Every process waits here until all have arrived."""
-    _state().wait_for_everyone()
-
-
 @contextmanager
 def main_process_first() -> Iterator[None]:
     """The main process runs the block first (it writes a cache); the others run it after."""
