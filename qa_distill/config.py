@@ -78,6 +78,8 @@ class TrainingConfig:
     n_best: int = 20
     max_answer_length: int = 30
     threads: int | None = None  # CPU threads for torch (None: torch's default)
+    dataloader_workers: int = 0  # processes collating batches beside training (a GPU waits less)
+    torch_compile: bool = False  # compile the model's forward/backward (torch.compile)
     resume: bool = True  # resume from the last checkpoint in output_dir, if any
 
 
@@ -89,6 +91,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5
     teacher_cache: bool = True  # precompute teacher logits once (False: teacher on the fly)
+    teacher_batch_size: int | None = None  # windows per teacher pass of the cache (None: training.eval_batch_size)
 
 
 @dataclass
@@ -261,6 +264,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"training.precision must be auto, bf16, fp16 or fp32, got {t.precision!r}")
     if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
         raise ConfigError("training.epochs, training.learning_rate and training.batch_size must be positive")
+    if k.teacher_batch_size is not None and k.teacher_batch_size <= 0:
+        raise ConfigError(f"distillation.teacher_batch_size must be positive, got {k.teacher_batch_size}")
+    if t.dataloader_workers < 0:
+        raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
     if config.model.layer_stride < 1:
         raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
     if k.temperature <= 0:

@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from qa_distill import tracking
 from qa_distill.config import RunConfig
 from qa_distill.data import load_split
+from qa_distill.distributed import is_main_process, main_process_first, world_size
 from qa_distill.features import build_features, cache_dir, group_by_length
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
@@ -55,10 +56,11 @@ def prepare(config: RunConfig) -> Prepared:
     d = config.data
     train, dev = load_split(d, "train"), load_split(d, "dev")
     student = load_student(config)
-    train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
-    dev_features = group_by_length(
-        build_features(dev, student.tokenizer, d.max_length, d.doc_stride, "eval", d.cache_dir)
-    )
+    with main_process_first():  # one process tokenises, the others read its cache files
+        train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
+        dev_features = group_by_length(
+            build_features(dev, student.tokenizer, d.max_length, d.doc_stride, "eval", d.cache_dir)
+        )
     notes = {
         "train_source": train.source,
         "dev_source": dev.source,
@@ -104,14 +106,18 @@ def _train_and_log(
     """Train (resuming a killed run), evaluate, save and log; returns the final metrics.
 
     `log_model=False` keeps the saved model out of MLflow (search trials: only the best is logged).
+    Launched as several processes, all train and evaluate; only the main one saves and logs.
     """
     out = Path(p.config.output_dir)
+    main = is_main_process()
     checkpoint = get_last_checkpoint(str(out)) if p.config.training.resume and out.is_dir() else None
-    if checkpoint:
+    if checkpoint and main:
         log.info("resuming from %s", checkpoint)
         mlflow.set_tag("resumed_from", checkpoint)
         tracking.end_orphaned_runs(p.config.output_dir)
-    mlflow.log_params({f"run.{k}": v for k, v in p.data_notes.items()} | {"run.precision": p.precision})
+    if main:
+        notes = p.data_notes | {"precision": p.precision, "processes": world_size()}
+        mlflow.log_params({f"run.{k}": v for k, v in notes.items()})
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - began
@@ -127,8 +133,10 @@ def _train_and_log(
         "train_loss": result.training_loss,
         **extra_metrics,
     }
+    trainer.save_model(str(out))  # every process calls it; the Trainer writes from the main one
+    if not main:
+        return metrics
     mlflow.log_metrics(metrics)
-    trainer.save_model(str(out))
     d = p.config.data
     (out / WINDOW_SETTINGS).write_text(json.dumps({"max_length": d.max_length, "doc_stride": d.doc_stride}))
     for stale in out.glob("checkpoint-*"):
@@ -143,13 +151,16 @@ def _train_and_log(
     return metrics
 
 
-def run_finetune(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
-    """The `teacher` and `student` entry points: plain fine-tuning on gold answers."""
+def run_finetune(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
+    """The `teacher` and `student` entry points: plain fine-tuning on gold answers.
+
+    Launched as several processes, the main one returns the results; the others None.
+    """
     p = prepare(config)
     with tracking.mlflow_run(config) as run:
         trainer = QATrainer(**_trainer_kwargs(p, callbacks or []))
         metrics = _train_and_log(p, trainer, {})
-        return {**metrics, "run_id": run.info.run_id}
+        return {**metrics, "run_id": run.info.run_id} if run else None
 
 
 @dataclass
@@ -166,13 +177,20 @@ def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
-def teacher_logits(p: Prepared, teacher: Teacher) -> tuple[TeacherLogits, bool]:
-    """The teacher's cached logits over this run's training windows (computed if absent)."""
-    d = p.config.data
-    return load_or_compute(
-        cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
-        p.train_features, d.max_length, p.precision, p.config.training.eval_batch_size,
-    )
+def teacher_logits(
+    p: Prepared, teacher: Teacher, device: torch.device | None = None
+) -> tuple[TeacherLogits, bool]:
+    """The teacher's cached logits over this run's training windows, computed if absent on
+    `device` (default: the one the Trainer trains on); launched as several processes, the main one
+    computes them while the others wait."""
+    d, k = p.config.data, p.config.distillation
+    device = device or training_arguments(p.config.training, p.config.output_dir, p.precision).device
+    with main_process_first():
+        return load_or_compute(
+            cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
+            p.train_features, d.max_length, p.precision,
+            k.teacher_batch_size or p.config.training.eval_batch_size, device,
+        )
 
 
 def make_distill_trainer(
@@ -181,17 +199,16 @@ def make_distill_trainer(
     """A distillation trainer on the shared teacher-logits cache (or the teacher on the fly)."""
     k = p.config.distillation
     info: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {}
+    kwargs = _trainer_kwargs(p, callbacks or [])
     if k.teacher_cache:
         began = time.perf_counter()
-        logits, computed = teacher_logits(p, teacher)
+        logits, computed = teacher_logits(p, teacher, kwargs["args"].device)  # the training device
         info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,
                 "teacher_cache_seconds": time.perf_counter() - began}
         kwargs["teacher_logits"] = logits
     else:
         kwargs["teacher"] = teacher.model
     trainer = DistillationTrainer(
-        **_trainer_kwargs(p, callbacks or []),
         temperature=k.temperature,
         alpha=k.alpha,
         precision=p.precision,
@@ -200,12 +217,16 @@ def make_distill_trainer(
     return trainer, info
 
 
-def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
-    """The `distill` entry point: fine-tuning with the teacher's soft targets in the loss."""
+def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
+    """The `distill` entry point: fine-tuning with the teacher's soft targets in the loss.
+
+    Launched as several processes, the main one returns the results; the others None.
+    """
     p = prepare(config)
     teacher = load_teacher(config, p.student)
     with tracking.mlflow_run(config) as run:
-        return {**train_distill(p, teacher, callbacks), "run_id": run.info.run_id}
+        metrics = train_distill(p, teacher, callbacks)
+        return {**metrics, "run_id": run.info.run_id} if run else None
 
 
 def train_distill(
@@ -215,9 +236,11 @@ def train_distill(
     log_model: bool = True,
 ) -> dict[str, Any]:
     """Distil into the active MLflow run: a search trial brings its own run, data and teacher."""
-    mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
+    main = is_main_process()
+    if main:
+        mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
     trainer, info = make_distill_trainer(p, teacher, callbacks)
-    if "teacher_cache_key" in info:
+    if "teacher_cache_key" in info and main:
         mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
     seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}
     metrics = _train_and_log(p, trainer, seconds, log_model)

@@ -42,6 +42,7 @@ from transformers import TrainerCallback
 
 from qa_distill import tracking
 from qa_distill.config import RunConfig
+from qa_distill.distributed import world_size
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
 from qa_distill.features import cache_dir
@@ -493,6 +494,9 @@ def run_search(
     began = time.perf_counter()
     space = SearchSpace(temperature_range, alpha_range, lr_range if search_lr else None)
     space.check()
+    if world_size() > 1:
+        raise ConfigError("search runs whole trials per process: start workers on one --storage "
+                          "instead of launching it with torchrun or accelerate launch")
     storage = storage or default_storage(config)
     prepared = prepare(config)
     teacher = load_teacher(config, prepared.student)

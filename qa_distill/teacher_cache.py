@@ -78,6 +78,7 @@ def _compute(
     batch_size: int,
     precision: str,
     target: Path,
+    device: torch.device,
 ) -> None:
     n = len(features)
     start = np.lib.format.open_memmap(target / "start.npy", "w+", np.float32, (n, max_length))
@@ -85,7 +86,7 @@ def _compute(
     collate = DataCollatorWithPadding(tokenizer)
     columns = ["input_ids", "attention_mask", "token_type_ids"]
     order = np.argsort(np.asarray(features["length"]), kind="stable")
-    teacher.eval()
+    teacher.to(device).eval()  # and stays there: on the fly, the trainer runs it on the same device
     for lo in range(0, n, batch_size):
         rows = order[lo : lo + batch_size]
         batch = collate(features.select(rows).select_columns(columns).to_list())
@@ -106,8 +107,10 @@ def load_or_compute(
     max_length: int,
     precision: str,
     batch_size: int = 64,
+    device: torch.device | str = "cpu",
 ) -> tuple[TeacherLogits, bool]:
-    """The cached logits for this teacher and these windows; computed first if absent.
+    """The cached logits for this teacher and these windows; computed first if absent, on
+    `device` (the training device), `batch_size` windows at a time, under `precision`.
 
     Returns the logits and whether they were computed now (False: reused from disk).
     """
@@ -128,7 +131,7 @@ def load_or_compute(
         tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp)
+        _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(path)

@@ -16,6 +16,7 @@ import mlflow
 from transformers import TrainerCallback
 
 from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
+from qa_distill.distributed import is_main_process
 
 
 def setup(config: TrackingConfig) -> None:
@@ -38,8 +39,12 @@ def _artifact_root(uri: str) -> str | None:
 @contextmanager
 def mlflow_run(
     config: RunConfig, run_name: str | None = None, nested: bool = False, tags: dict | None = None
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with the configuration logged as params."""
+) -> Iterator[mlflow.ActiveRun | None]:
+    """An MLflow run with the configuration logged as params; None in the other processes of a
+    distributed launch (torchrun, accelerate launch), which log nothing: one run per launch."""
+    if not is_main_process():
+        yield None
+        return
     setup(config.tracking)
     with mlflow.start_run(run_name=run_name or f"{config.recipe}-{config.role}", nested=nested) as run:
         mlflow.set_tags({"recipe": config.recipe, "role": config.role, **(tags or {})})
@@ -74,5 +79,5 @@ class MlflowMetrics(TrainerCallback):
             for k, v in (logs or {}).items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
-        if numeric and mlflow.active_run() is not None:
+        if numeric and state.is_world_process_zero and mlflow.active_run() is not None:
             mlflow.log_metrics(numeric, step=state.global_step)

@@ -64,7 +64,9 @@ def training_arguments(config: TrainingConfig, output_dir: str, precision: str) 
         length_column_name="length",
         report_to="none",
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=config.dataloader_workers,
+        torch_compile=config.torch_compile,
+        ddp_find_unused_parameters=False,  # QA models use every weight: spare DDP its search each step
     )
 
 
@@ -88,7 +90,9 @@ class QATrainer(Trainer):
 
     def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
         # In order, always: logits are matched to windows by position, and the windows are
-        # already sorted by length (the Trainer would shuffle them in length groups).
+        # already sorted by length (the Trainer would shuffle them in length groups). Under DDP
+        # the Trainer's accelerator deals these batches out to the processes in turn and
+        # `gather_for_metrics` puts the logits back in this order, without the padding repeats.
         return torch.utils.data.SequentialSampler(eval_dataset)
 
     def predict_answers(self, features: Dataset) -> dict[str, str]:

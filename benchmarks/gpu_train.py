@@ -1,0 +1,252 @@
+"""Teacher training throughput on a GPU: windows/s and model-FLOPs utilisation (MFU) per setting.
+
+Trains the recipe's teacher (gpu: MiniLM-L6) for `--warmup` untimed and `--steps` timed optimizer
+steps through the project's Trainer (QATrainer, `trainer.training_arguments` with one setting
+changed per row), on real SQuAD train windows at the recipe's 384/128 (the project's data and
+features code: a seeded subset of `--questions` train questions; the Trainer starts another pass
+when the steps need more windows). All rows run side by side in one process, a fresh model each.
+
+Model FLOPs of one window of s real tokens (padding is not the model's work, so it does not count),
+forward and backward (3x forward):
+
+    6 * P * s + 12 * L * h * s^2
+
+P: weights in matrix multiplications (every linear layer: L * (4h^2 + 2h*i) + 2h for BERT; the
+embeddings are lookups), L layers, h hidden size; the second term is attention's QK^T and AV
+(2 * s^2 * h FLOPs each per layer forward). MFU = model FLOPs per second over the device's bf16
+peak, measured in the same run by a large bf16 matmul.
+
+    python benchmarks/gpu_train.py [--steps 50] [--warmup 10] [--settings today,batch-256,...]
+    python benchmarks/gpu_train.py --device cpu --steps 2 --warmup 1 --settings today  # code-path smoke test
+
+On a GPU it writes experiments/results/gpu-train-bench.{csv,md}; without CUDA it exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback
+
+from qa_distill.config import RESULTS_DIR, load_config
+from qa_distill.data import load_split
+from qa_distill.features import build_features
+from qa_distill.models import load_qa_model, load_tokenizer
+from qa_distill.tables import write_tables
+from qa_distill.trainer import QATrainer, resolve_precision, training_arguments
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row: what changes from the project's settings before this benchmark (`today`)."""
+
+    batch_size: int = 32
+    length_grouped: bool = True
+    workers: int = 0
+    optim: str = "adamw_torch_fused"  # the HF Trainer's default with torch >= 2.8
+    attention: str = "sdpa"  # transformers' default for BERT
+    compile: bool = False
+
+
+SETTINGS = {
+    "today": Setting(),
+    "batch-128": Setting(batch_size=128),
+    "batch-256": Setting(batch_size=256),
+    "batch-256-unsorted": Setting(batch_size=256, length_grouped=False),
+    "batch-256-workers": Setting(batch_size=256, workers=4),
+    "batch-256-unfused-adamw": Setting(batch_size=256, optim="adamw_torch"),
+    "batch-256-eager-attention": Setting(batch_size=256, attention="eager"),
+    "batch-256-compile": Setting(batch_size=256, compile=True),
+    "batch-256-workers-compile": Setting(batch_size=256, workers=4, compile=True),
+    "batch-512-workers-compile": Setting(batch_size=512, workers=4, compile=True),
+}
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """P of the FLOPs formula: the weights of every linear layer."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def window_flops(lengths: torch.Tensor, params: int, layers: int, hidden: int) -> float:
+    """Model FLOPs (forward + backward) of windows of these real lengths (see the module docstring)."""
+    s = lengths.double()
+    return float((6 * params * s + 12 * layers * hidden * s**2).sum())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_flops(device: torch.device, size: int, repeats: int = 100) -> float:
+    """The device's bf16 matmul FLOP/s, measured: the denominator of MFU."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(10):  # clocks up, kernels chosen
+        a @ b
+    synchronize(device)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - began)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
+class CountingTrainer(QATrainer):
+    """Keeps each step's real window lengths (on the device, no sync) for the FLOPs count."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_lengths: list[torch.Tensor] = []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.step_lengths.append(inputs["attention_mask"].sum(1))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class StepClock(TrainerCallback):
+    """Wall time from the end of the last warm-up step to the end of the last timed step."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
+        self.warmup, self.last, self.device = warmup, warmup + steps, device
+        self.began = self.ended = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, self.last):
+            synchronize(self.device)
+            now = time.perf_counter()
+            if state.global_step == self.warmup:
+                self.began = now
+            else:
+                self.ended = now
+
+
+def run_setting(
+    name: str, setting: Setting, source: str, features, config, precision: str, device: torch.device,
+    warmup: int, steps: int, out: Path,
+) -> dict:
+    """Train one fresh teacher under one setting; returns its row (without MFU)."""
+    loaded = load_qa_model(source, 1, config.model.attention_dropout, config.model.hidden_dropout)
+    model: PreTrainedModel = loaded.model
+    model.set_attn_implementation(setting.attention)
+    args = dataclasses.replace(
+        training_arguments(config.training, str(out / name), precision),
+        per_device_train_batch_size=setting.batch_size,
+        train_sampling_strategy="group_by_length" if setting.length_grouped else "random",
+        dataloader_num_workers=setting.workers,
+        optim=setting.optim,
+        torch_compile=setting.compile,
+        max_steps=warmup + steps,
+        warmup_steps=0,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=device.type == "cpu",
+    )
+    clock = StepClock(warmup, steps, device)
+    trainer = CountingTrainer(
+        model=model, args=args, train_dataset=features, processing_class=loaded.tokenizer,
+        data_collator=DataCollatorWithPadding(loaded.tokenizer, pad_to_multiple_of=8), callbacks=[clock],
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.train()
+    lengths = torch.cat(trainer.step_lengths[warmup:]).cpu()
+    seconds = clock.ended - clock.began
+    c = model.config
+    row = {
+        "setting": name,
+        **dataclasses.asdict(setting),
+        "windows_per_s": len(lengths) / seconds,
+        "model_tflops_per_s": window_flops(lengths, matmul_params(model), c.num_hidden_layers, c.hidden_size)
+        / seconds / 1e12,
+        "mean_tokens": float(lengths.double().mean()),
+        "steps": steps,
+        "seconds": seconds,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+    }
+    del trainer, model, loaded
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="gpu")
+    parser.add_argument("--model", default="", help="default: the recipe's teacher model")
+    parser.add_argument("--data", default="", help="default: the recipe's data")
+    parser.add_argument("--questions", type=int, default=20000, help="train questions the windows come from")
+    parser.add_argument("--steps", type=int, default=50, help="timed optimizer steps per setting")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, allocator)")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {list(SETTINGS)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="recipe override, e.g. data.cache_dir=/tmp/features (repeatable)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of the code")
+    parser.add_argument("--peak-size", type=int, default=8192, help="side of the square matmuls for the peak")
+    parser.add_argument("--output", default="", help="table path stem (default, on a GPU: "
+                        "experiments/results/gpu-train-bench; on CPU: none)")
+    args = parser.parse_args(argv)
+    names = [n for n in args.settings.split(",") if n]
+    unknown = sorted(set(names) - set(SETTINGS))
+    if unknown:
+        print(f"gpu_train.py: unknown settings {unknown}; known: {list(SETTINGS)}", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_train.py: no CUDA device here (torch.cuda.is_available() is False); it measures GPU "
+              "training, and `--device cpu --steps 2 --warmup 1` only smoke-tests its code", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    overrides = [f"data.train_questions={args.questions}", *args.overrides]
+    config = load_config(args.recipe, "teacher", overrides, data=args.data or None)
+    source = args.model or config.model.name
+    precision = resolve_precision(config.training.precision)
+    split = load_split(config.data, "train")
+    tokenizer = load_tokenizer(source)
+    d = config.data
+    features = build_features(split, tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
+    peak = peak_flops(device, args.peak_size)
+    with tempfile.TemporaryDirectory() as out:  # the Trainer's output_dir; nothing is saved
+        rows = [run_setting(n, SETTINGS[n], source, features, config, precision, device, args.warmup, args.steps,
+                            Path(out)) for n in names]
+    table = pd.DataFrame(rows)
+    table["mfu_pct"] = 100 * table["model_tflops_per_s"] * 1e12 / peak
+    table["speedup_vs_first"] = table["windows_per_s"] / table["windows_per_s"].iloc[0]
+    table["peak_bf16_tflops"] = peak / 1e12
+    table["device"] = device_name(device)
+    table["precision"] = precision
+    table["max_length"] = d.max_length
+    table["model"] = source
+    table["torch"] = torch.__version__
+    print(table.to_string(index=False))
+    stem = args.output or (str(RESULTS_DIR / "gpu-train-bench") if device.type == "cuda" else "")
+    if stem:
+        csv, md = write_tables(table, Path(stem))
+        print(f"wrote {csv} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
