@@ -25,6 +25,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="override any recipe value, e.g. --set training.epochs=1 (repeatable; several may be "
              "given in one space-separated string)",
     )
+    _experiment(parser)
+
+
+def _experiment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", default="", help="MLflow experiment (default: the recipe's "
+                        "tracking.experiment, qa-distill)")
 
 
 def _distill_args(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +49,7 @@ def _config(args: argparse.Namespace, role: str):
     return load_config(
         args.recipe, role, _overrides(args), data=args.data, output_dir=args.output_dir,
         teacher=getattr(args, "teacher", None), temperature=getattr(args, "temperature", None),
-        alpha=getattr(args, "alpha", None),
+        alpha=getattr(args, "alpha", None), experiment=args.experiment,
     )
 
 
@@ -60,9 +66,12 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    from qa_distill.launched_run import log_result
     from qa_distill.scoring import score_files
 
-    return score_files(args.dataset, args.predictions)
+    result = score_files(args.dataset, args.predictions)
+    log_result("score", result)
+    return result
 
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +99,7 @@ def _recipe_models(recipe: str) -> list[str]:
 def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
 
-    from qa_distill.config import TrackingConfig, recipe_path
+    from qa_distill.config import load_tracking, recipe_path
     from qa_distill.speed import run_speedtest
 
     models = [m for chunk in args.model for m in chunk.split()]
@@ -106,42 +115,71 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
             recipe_path(args.recipe)  # a clear error for an unknown recipe
             models = _recipe_models(args.recipe)
         table = run_speedtest(
-            models, args.dev_json, args.questions, args.backends.split() if args.backends else None,
-            args.threads, args.batch_size, args.output or None, not args.no_hf_baseline,
-            TrackingConfig(), args.run_name or f"{args.recipe}-speed", args.warmup,
+            models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions,
+            args.backends.split() if args.backends else None, args.threads, args.batch_size, args.output or None,
+            not args.no_hf_baseline, load_tracking(args.recipe, args.experiment),
+            args.run_name or f"{args.recipe}-speed", args.warmup,
         )
     return table.to_dict("records")
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
+    from qa_distill.launched_run import log_result
     from qa_distill.speed import predict
 
-    return {"answer": predict(args.model, args.question, args.context, args.backend)}
+    result = {"answer": predict(args.model, args.question, args.context, args.backend)}
+    log_result("predict", {"model": args.model, "backend": args.backend, **result})
+    return result
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from qa_distill.config import DataConfig
     from qa_distill.evaluate import evaluate_model
+    from qa_distill.launched_run import log_result
 
-    data = DataConfig(data=args.data, dev_questions=args.dev_questions)
+    data = DataConfig(data=args.data or str(DEFAULT_DEV_JSON.parent), dev_questions=args.dev_questions)
     result = evaluate_model(args.model, data, args.backend)
     predictions = result.pop("predictions")
     if args.predictions:
         Path(args.predictions).write_text(json.dumps(predictions))
+    log_result("evaluate", {"model": args.model, "backend": args.backend, **result})
     return result
 
 
 def cmd_report(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from qa_distill.config import TrackingConfig
+    from qa_distill.config import load_tracking, recipe_path
     from qa_distill.report import run_report
 
-    return run_report(args.recipe, TrackingConfig(), args.output or None).to_dict("records")
+    tracking = load_tracking(args.recipe, args.experiment)
+    return run_report(recipe_path(args.recipe).stem, tracking, args.output or None).to_dict("records")
+
+
+def cmd_main(args: argparse.Namespace) -> dict[str, Any]:
+    from qa_distill.config import WorkflowConfig
+    from qa_distill.workflow import run_main
+
+    return run_main(WorkflowConfig(
+        recipe=args.recipe, data=args.data or "", overrides=" ".join(_overrides(args)),
+        output_dir=args.output_dir or "", results_dir=args.results_dir, experiment=args.experiment,
+        speed_questions=args.speed_questions, backends=args.backends, threads=args.threads, dev_json=args.dev_json,
+    ))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-distill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info level)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    text = "the recipe's chain (teacher, student, distill, speedtest, report) as child runs of one run"
+    p = sub.add_parser("main", help=text, description=text + "; finished steps are reused, unfinished ones continued")
+    _common(p)
+    p.add_argument("--results-dir", default="", help="where speedtest and report write their tables "
+                   "(default experiments/results)")
+    p.add_argument("--speed-questions", type=int, default=1000, help="dev questions of the speed test")
+    p.add_argument("--backends", default="", help=f"speed test backends, a subset of {' '.join(BACKENDS)}")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the speed test")
+    p.add_argument("--dev-json", default="", help="SQuAD JSON of the speed test's questions (default: official dev)")
+    p.set_defaults(func=cmd_main)
 
     for role, text in (("teacher", "fine-tune the teacher on SQuAD"), ("student", "fine-tune the student alone")):
         p = sub.add_parser(role, help=text, description=text)
@@ -186,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hf-baseline", action="store_true", help="skip the HF question-answering pipeline row")
     p.add_argument("--output", default="", help="table path stem (default experiments/results/<run name>)")
     p.add_argument("--run-name", default="", help="MLflow run name and table name (default <recipe>-speed)")
+    _experiment(p)
     p.set_defaults(func=cmd_speedtest)
 
     p = sub.add_parser("predict", help="answer one question")
@@ -198,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="EM/F1 of a saved model on a SQuAD dev set")
     p.add_argument("--model", required=True, help=MODEL_SOURCES)
     p.add_argument("--data", default=str(DEFAULT_DEV_JSON.parent), help="hub name, directory or dev JSON")
-    p.add_argument("--dev-questions", type=int, default=None, help="seeded subset (default: all)")
+    p.add_argument("--dev-questions", type=lambda v: int(v) if v else None, default=None,
+                   help="seeded subset (default: all)")
     p.add_argument("--backend", default="fp32", choices=BACKENDS)
     p.add_argument("--predictions", default="", help="also write id -> answer JSON here")
     p.set_defaults(func=cmd_evaluate)
@@ -206,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="a recipe's teacher/student/distilled results table from MLflow")
     p.add_argument("--recipe", default="cpu")
     p.add_argument("--output", default="", help="table path stem (default experiments/results/<recipe>)")
+    _experiment(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("score", help="official SQuAD v1.1 EM/F1 of a predictions file")

@@ -133,6 +133,22 @@ class RunConfig:
 SECTIONS = ("data", "model", "training", "distillation", "tracking")
 
 
+@dataclass
+class WorkflowConfig:
+    """`main`: the recipe's chain of entry points (qa_distill/workflow.py); "" keeps a step's default."""
+
+    recipe: str = "cpu"
+    data: str = ""  # hub name, local directory or SQuAD JSON for every training step
+    overrides: str = ""  # space-separated section.key=value, for every training step
+    output_dir: str = ""  # root of the steps' output directories (<root>/teacher, ...)
+    results_dir: str = ""  # where speedtest and report write their tables
+    experiment: str = ""  # MLflow experiment (default: the recipe's tracking.experiment)
+    speed_questions: int = 1000
+    backends: str = ""  # space-separated subset of BACKENDS
+    threads: int = 2
+    dev_json: str = ""  # the speed test's questions (default: the official dev set)
+
+
 def recipe_path(recipe: str) -> Path:
     """A recipe name from `experiments/`, or a path to a YAML file."""
     path = Path(recipe)
@@ -211,6 +227,28 @@ def _resolve_relative(path: str, base: Path) -> str:
     return str((base / candidate).resolve())
 
 
+def read_recipe(recipe: str) -> tuple[Path, dict[str, Any]]:
+    """A recipe's path and its parsed YAML, checked for unknown top-level keys."""
+    path = recipe_path(recipe)
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    unknown = set(spec) - set(SECTIONS) - set(ROLES) - {"description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return path, spec
+
+
+def load_tracking(recipe: str, experiment: str | None = None) -> TrackingConfig:
+    """The tracking settings of commands outside the training roles (report, speedtest, main):
+    the recipe's `tracking` section, then `experiment` if given."""
+    path, spec = read_recipe(recipe)
+    config = RunConfig(recipe=path.stem)
+    _apply_sections(config, {"tracking": spec.get("tracking") or {}}, str(path))
+    if experiment:
+        config.tracking.experiment = experiment
+    return config.tracking
+
+
 def load_config(
     recipe: str,
     role: str,
@@ -219,20 +257,14 @@ def load_config(
 ) -> RunConfig:
     """Build the configuration of one run of `role` from `recipe`, then overrides.
 
-    `explicit` holds the common named parameters (data, output_dir, teacher, temperature, alpha);
-    a None or empty value leaves the recipe's value in place.
+    `explicit` holds the common named parameters (data, output_dir, teacher, temperature, alpha,
+    experiment); a None or empty value leaves the recipe's value in place.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}: expected one of {ROLES}")
-    path = recipe_path(recipe)
-    with open(path) as f:
-        spec = yaml.safe_load(f) or {}
+    path, spec = read_recipe(recipe)
     config = RunConfig(recipe=path.stem, role=role)
-    shared = {k: v for k, v in spec.items() if k in SECTIONS}
-    unknown = set(spec) - set(SECTIONS) - set(ROLES) - {"description"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    _apply_sections(config, shared, str(path))
+    _apply_sections(config, {k: v for k, v in spec.items() if k in SECTIONS}, str(path))
     _apply_sections(config, spec.get(role) or {}, f"{path} [{role}]")
     for attr in ("data", "train_file", "dev_file"):
         value = getattr(config.data, attr)
@@ -242,6 +274,8 @@ def load_config(
 
     if explicit.get("data"):
         config.data.data = explicit["data"]
+    if explicit.get("experiment"):
+        config.tracking.experiment = explicit["experiment"]
     for key in ("teacher", "temperature", "alpha"):
         if explicit.get(key) not in (None, ""):
             _apply(config, "distillation", {key: explicit[key]}, "argument")
@@ -287,6 +321,16 @@ def tracking_uri(config: TrackingConfig) -> str:
     )
 
 
+def launched_run_id() -> str | None:
+    """The run `mlflow run` created and handed to the entry point (None outside `mlflow run`)."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def launched_by_mlflow_run() -> bool:
-    """`mlflow run` creates the run and hands its id to the entry point."""
-    return bool(os.environ.get("MLFLOW_RUN_ID"))
+    return launched_run_id() is not None
+
+
+def hand_over_launched_run(run_id: str, experiment_id: str) -> None:
+    """Make `run_id` the run this process and the processes it starts log into, as `mlflow run` does."""
+    os.environ["MLFLOW_RUN_ID"] = run_id
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id

@@ -154,6 +154,14 @@ def is_local(config: DataConfig) -> bool:
     )
 
 
+def data_fingerprint(config: DataConfig) -> str:
+    """What the data is, without loading it: the content hashes of the local train and dev files,
+    or the hub dataset's name."""
+    if not is_local(config):
+        return config.data
+    return ",".join(_file_sha256(path)[:16] if path else "-" for path in _local_files(config))
+
+
 def _subset(split: Split, n: int | None, seed: int) -> Split:
     if n is None or n >= len(split.dataset):
         return split

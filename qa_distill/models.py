@@ -58,14 +58,31 @@ def _download_mlflow_model(uri: str) -> str:
 
     from qa_distill.mlflow_model import hf_model_dir
 
+    _require_trained(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            _require_trained(uri, exists=False)
+        raise ModelError(f"cannot download MLflow model {uri!r}: {exc}") from exc
     except Exception as exc:  # MLflow raises several types for a missing run/model
         raise ModelError(f"cannot download MLflow model {uri!r}: {exc}") from exc
     found = hf_model_dir(local)
     if found is None:
         raise ModelError(f"{uri}: no transformers model found in the MLflow artifact")
     return str(found)
+
+
+def _require_trained(uri: str, exists: bool = True) -> None:
+    """One line telling the user to train first, where the MLflow store (a SQLite file not yet
+    created) or the model in it does not exist; checked before MLflow would create the file."""
+    import mlflow
+
+    store = mlflow.get_tracking_uri()
+    missing_file = store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists()
+    if missing_file or not exists:
+        raise ModelError(f"{uri}: no such model in {store}; train it first "
+                         "(`mlflow run . --env-manager local -P recipe=cpu` trains and registers all three)")
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:

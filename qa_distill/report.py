@@ -30,10 +30,10 @@ _PARAMS = {
 }
 
 
-def recipe_runs(recipe: str) -> pd.DataFrame:
-    """Finished runs of a recipe's training roles, in every experiment of the store."""
+def recipe_runs(recipe: str, experiment_id: str) -> pd.DataFrame:
+    """Finished runs of a recipe's training roles in one experiment."""
     runs = mlflow.search_runs(
-        search_all_experiments=True,
+        experiment_ids=[experiment_id],
         filter_string=f"tags.recipe = '{recipe}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
@@ -64,11 +64,11 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
     """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
-    setup(tracking)
-    table = with_latency(results_table(recipe_runs(recipe)))
+    experiment_id = setup(tracking)
+    table = with_latency(results_table(recipe_runs(recipe, experiment_id)))
     if table.empty:
-        raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in "
-                          f"{mlflow.get_tracking_uri()}")
+        raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in experiment "
+                          f"{mlflow.get_experiment(experiment_id).name!r} of {mlflow.get_tracking_uri()}")
     csv, md = write_tables(table, Path(output) if output else RESULTS_DIR / recipe)
     with mlflow.start_run(run_name=f"{recipe}-report"):
         mlflow.set_tags({"recipe": recipe, "role": "report"})

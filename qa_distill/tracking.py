@@ -15,18 +15,33 @@ from typing import Any
 import mlflow
 from transformers import TrainerCallback
 
+from qa_distill import launched_run
 from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
 from qa_distill.distributed import is_main_process
 
 
-def setup(config: TrackingConfig) -> None:
-    """Point MLflow at the store; create the experiment with artifacts inside the project."""
+def setup(config: TrackingConfig) -> str:
+    """Point MLflow at the store; create the experiment with artifacts inside the project.
+
+    Returns the id of the experiment this process's runs go to."""
     mlflow.set_tracking_uri(tracking_uri(config))
     if launched_by_mlflow_run():
-        return  # `mlflow run` already chose the experiment and created the run
-    if mlflow.get_experiment_by_name(config.experiment) is None:
-        mlflow.create_experiment(config.experiment, artifact_location=_artifact_root(tracking_uri(config)))
-    mlflow.set_experiment(config.experiment)
+        # `mlflow run` created the run; one it put in Default joins the configured experiment
+        current = launched_run.experiment_id()
+        if current != launched_run.DEFAULT_EXPERIMENT_ID or config.experiment == launched_run.DEFAULT_EXPERIMENT:
+            return current
+        return launched_run.move_to(ensure_experiment(config.experiment))
+    experiment_id = ensure_experiment(config.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment `name`, created (artifacts beside a SQLite store) if absent."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
 
 
 def _artifact_root(uri: str) -> str | None:

@@ -23,3 +23,15 @@ def test_overrides_take_each_field_type():
 def test_a_value_of_the_wrong_type_names_its_field(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cpu", "teacher", [override])
+
+
+def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
+    from qa_distill.config import load_tracking
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("tracking:\n  experiment: from-recipe\n")
+    assert load_tracking("cpu").experiment == "qa-distill"
+    assert load_tracking(str(recipe)).experiment == "from-recipe"
+    assert load_tracking(str(recipe), "from-option").experiment == "from-option"
+    assert load_config(str(recipe), "teacher", experiment="from-option").tracking.experiment == "from-option"
+    assert load_config(str(recipe), "teacher").tracking.experiment == "from-recipe"

@@ -61,3 +61,12 @@ def test_unknown_model_source_is_a_clear_error(tmp_path):
         load_qa_model(str(tmp_path / "no-such-dir"))
     with pytest.raises(ModelError, match="not installed"):
         load_qa_model("pypi:no-such-package")
+
+
+def test_predict_before_any_training_says_to_train_first_and_creates_no_store(tracking_uri, tmp_path, capsys):
+    from qa_distill.cli import main
+
+    argv = ["predict", "--model", "models:/qa-distill-cpu-distill/latest", "--question", "Who?", "--context", "Ada."]
+    assert main(argv) == 2
+    assert "train it first" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,210 @@
+"""`main`: a recipe's whole chain as child runs of one MLflow parent run, reusing what is done.
+
+The steps are the entry points teacher, student, distill, speedtest and report, in that order.
+`distill` gets the teacher step's model as an exact URI (`models:/qa-distill-<recipe>-teacher/3`,
+or `runs:/<id>/model` where nothing is registered), never `latest`; `speedtest` gets the exact
+versions of the three trained models.
+
+A step's key is a hash of its entry point, its parameters, the runs it reads (the report's
+input), the recipe file's content, the data's fingerprint and the git commit of the project.
+Before a step runs, `main` looks in the experiment for runs with that key (MLflow's
+multistep-workflow pattern):
+- a FINISHED one is reused, not rerun;
+- else the newest unfinished one (failed, killed, or left RUNNING by a SIGKILL) is continued as
+  the same run by the same command, and a training step resumes from the checkpoint in its
+  output_dir (runs.py);
+- else a new child run of the parent is created and run.
+Killed halfway and started again, `main` so reuses what finished and continues from the first
+unfinished step. The key knows the commit, not uncommitted changes: commit before relying on reuse.
+
+Each step runs as `mlflow.projects.run(<project root>, <entry point>, run_id=<child run>,
+env_manager="local")`, in a process of its own rather than in this one: a step is then exactly the
+command a user can run alone (`mlflow run . -e teacher`), each starts with fresh memory, torch
+threads and caches, and a crash ends only that step's run FAILED, which stops `main`. The child
+run is created here first, carrying its key and parent id, so that a step killed before it
+logged anything is still found and continued next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param, Run
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
+
+from qa_distill import tracking
+from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, load_config, load_tracking, recipe_path
+from qa_distill.data import data_fingerprint
+
+log = logging.getLogger(__name__)
+
+STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks runs up by
+STEP = "qa_distill.step"  # tag: the step's entry point
+_TEACHER_LATER = "models:/(the teacher step's model)"  # lets the distill config validate up front
+# the speed test's and report's names of the trained roles
+MODEL_NAMES = {"teacher": "teacher", "student": "student", "distill": "distilled"}
+
+
+@dataclass(frozen=True)
+class Step:
+    entry_point: str
+    parameters: dict[str, str]
+    reads: tuple[str, ...] = ()  # ids of earlier step runs it reads without naming them in a parameter
+
+
+@dataclass(frozen=True)
+class StepResult:
+    run_id: str
+    action: str  # "reused", "resumed" or "ran"
+
+
+@dataclass(frozen=True)
+class KeyInputs:
+    """What every step's key depends on besides its entry point and parameters."""
+
+    recipe_sha256: str
+    data_fingerprint: str
+    git_commit: str
+
+
+def step_key(step: Step, inputs: KeyInputs) -> str:
+    spec = {"entry_point": step.entry_point, "parameters": step.parameters, "reads": step.reads, **vars(inputs)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def key_inputs(recipe: str, configs: dict[str, RunConfig]) -> KeyInputs:
+    recipe_sha = hashlib.sha256(recipe_path(recipe).read_bytes()).hexdigest()
+    data = sorted({data_fingerprint(config.data) for config in configs.values()})
+    return KeyInputs(recipe_sha, ";".join(data), get_git_commit(str(PROJECT_ROOT)) or "")
+
+
+def step_runs(experiment_id: str, key: str) -> list[Run]:
+    """Runs of a step key in the experiment, newest first."""
+    return MlflowClient().search_runs(
+        [experiment_id], f"tags.`{STEP_KEY}` = '{key}'", order_by=["attributes.start_time DESC"]
+    )
+
+
+def run_step(step: Step, inputs: KeyInputs, parent: Run, run_name: str) -> StepResult:
+    """Reuse the step's finished run, or continue its unfinished one, or run it anew."""
+    client = MlflowClient()
+    key = step_key(step, inputs)
+    found = step_runs(parent.info.experiment_id, key)
+    finished = next((r for r in found if r.info.status == "FINISHED"), None)
+    if finished is not None:
+        log.warning("%s: reusing finished run %s", step.entry_point, finished.info.run_id)
+        return StepResult(finished.info.run_id, "reused")
+    if found:
+        run_id, action = found[0].info.run_id, "resumed"
+        client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent.info.run_id)
+        log.warning("%s: continuing unfinished run %s (%s)", step.entry_point, run_id, found[0].info.status)
+    else:
+        run_id, action = _child_run(step, key, inputs, parent, run_name), "ran"
+    mlflow.projects.run(
+        str(PROJECT_ROOT), step.entry_point, parameters=step.parameters, env_manager="local",
+        experiment_id=parent.info.experiment_id, run_id=run_id, synchronous=True,
+    )
+    return StepResult(run_id, action)
+
+
+def _child_run(step: Step, key: str, inputs: KeyInputs, parent: Run, run_name: str) -> str:
+    """A child run with the tags and params `mlflow run` would give it, and the step key."""
+    client = MlflowClient()
+    tags = {
+        MLFLOW_PARENT_RUN_ID: parent.info.run_id,
+        MLFLOW_SOURCE_NAME: str(PROJECT_ROOT),
+        MLFLOW_SOURCE_TYPE: "PROJECT",
+        MLFLOW_PROJECT_ENTRY_POINT: step.entry_point,
+        STEP_KEY: key,
+        STEP: step.entry_point,
+    }
+    if inputs.git_commit:
+        tags[MLFLOW_GIT_COMMIT] = inputs.git_commit
+    run = client.create_run(parent.info.experiment_id, tags=tags, run_name=run_name)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in step.parameters.items()])
+    return run.info.run_id
+
+
+def exact_model_uri(run_id: str, registered_name: str) -> str:
+    """The model version a run registered under `registered_name`, else the run's own model."""
+    versions = MlflowClient().search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+    if versions:
+        return f"models:/{registered_name}/{max(int(v.version) for v in versions)}"
+    return f"runs:/{run_id}/model"
+
+
+def _recipe_argument(recipe: str) -> str:
+    """A recipe file as an absolute path: the steps run in the project root, not here."""
+    path = Path(recipe)
+    return str(path.resolve()) if path.suffix in (".yaml", ".yml") and path.exists() else recipe
+
+
+def _configs(wf: WorkflowConfig, recipe: str, output_root: Path) -> dict[str, RunConfig]:
+    """Each training step's configuration, loaded now so that bad input fails before any step."""
+    return {
+        role: load_config(
+            recipe, role, wf.overrides, data=wf.data, output_dir=str(output_root / role),
+            teacher=_TEACHER_LATER if role == "distill" else None,
+        )
+        for role in ROLES
+    }
+
+
+def run_main(wf: WorkflowConfig) -> dict[str, Any]:
+    """The `main` entry point: every step in one parent run; returns each step's run and action."""
+    recipe = _recipe_argument(wf.recipe)
+    name = recipe_path(recipe).stem
+    output_root = Path(wf.output_dir).resolve() if wf.output_dir else PROJECT_ROOT / "outputs" / name
+    configs = _configs(wf, recipe, output_root)
+    inputs = key_inputs(recipe, configs)
+    settings = load_tracking(recipe, wf.experiment)
+    tracking.setup(settings)
+    results: dict[str, StepResult] = {}
+    with mlflow.start_run(run_name=f"{name}-main") as active:
+        mlflow.set_tags({"recipe": name, "role": "main"})
+        parent = MlflowClient().get_run(active.info.run_id)
+        experiment = MlflowClient().get_experiment(parent.info.experiment_id).name
+
+        def run(step: Step) -> StepResult:
+            result = run_step(step, inputs, parent, f"{name}-{step.entry_point}")
+            mlflow.set_tags({f"step.{step.entry_point}.run_id": result.run_id,
+                             f"step.{step.entry_point}.action": result.action})
+            results[step.entry_point] = result
+            return result
+
+        def model_uri(role: str) -> str:
+            return exact_model_uri(results[role].run_id, configs[role].registered_name)
+
+        def training(role: str, **extra: str) -> Step:
+            return Step(role, {"recipe": recipe, "data": wf.data, "output_dir": configs[role].output_dir,
+                               "overrides": wf.overrides, "experiment": experiment, **extra})
+
+        run(training("teacher"))
+        run(training("student"))
+        run(training("distill", teacher=model_uri("teacher")))
+        models = " ".join(f"{MODEL_NAMES[role]}={model_uri(role)}" for role in ROLES)
+        mlflow.set_tag("speedtest.models", models)
+        results_stem = Path(wf.results_dir).resolve() / name if wf.results_dir else None
+        run(Step("speedtest", {
+            "recipe": recipe, "models": models, "questions": str(wf.speed_questions), "backends": wf.backends,
+            "threads": str(wf.threads), "dev_json": wf.dev_json, "run_name": f"{name}-speed",
+            "output": f"{results_stem}-speed" if results_stem else "", "experiment": experiment,
+        }))
+        run(Step("report", {"recipe": recipe, "output": str(results_stem or ""), "experiment": experiment},
+                 reads=tuple(result.run_id for result in results.values())))
+    return {"run_id": parent.info.run_id, "experiment": experiment,
+            "steps": {step: vars(result) for step, result in results.items()}}

@@ -1,0 +1,150 @@
+"""`main` (qa_distill/workflow.py): the chain as child runs, reused when done, continued when not;
+and runs that `mlflow run` launches land in the configured experiment (qa_distill/launched_run.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from qa_distill import tracking
+from qa_distill.cli import main as cli_main
+from qa_distill.config import TrackingConfig
+from qa_distill.launched_run import MOVED_TO
+from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "recipes" / "tiny.yaml"
+TRAINING = ("teacher", "student", "distill")
+
+
+def _mlflow_run(uri: str, tmp_path: Path, *args: str) -> dict:
+    """`mlflow run <project> ...` as a user types it (this checkout's code first on the path)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run(
+        ["mlflow", "run", str(ROOT), "--env-manager", "local", *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def _main(uri: str, tmp_path: Path, tiny_bert: str, data: Path) -> dict:
+    overrides = f"model.name={tiny_bert} data.data={data} data.cache_dir={tmp_path / 'cache'}"
+    return _mlflow_run(
+        uri, tmp_path, "-P", f"recipe={TINY}", "-P", f"overrides={overrides}",
+        "-P", f"output_dir={tmp_path / 'out'}", "-P", f"results_dir={tmp_path / 'results'}",
+        "-P", "speed_questions=4", "-P", "backends=fp32", "-P", f"dev_json={data / 'dev-sample.json'}",
+    )
+
+
+def _training_runs(client: MlflowClient, experiment_id: str) -> list:
+    runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'")
+    return [run for run in runs if run.data.tags.get("role") in TRAINING]
+
+
+@pytest.mark.slow
+def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, tmp_path, tiny_bert, dev_sample):
+    first = _main(tracking_uri, tmp_path, tiny_bert, dev_sample)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("qa-distill")
+    assert first["experiment"] == "qa-distill"
+    steps = first["steps"]
+    assert list(steps) == ["teacher", "student", "distill", "speedtest", "report"]
+    assert {s["action"] for s in steps.values()} == {"ran"}
+    for step in steps.values():
+        run = client.get_run(step["run_id"])
+        assert run.info.experiment_id == experiment.experiment_id and run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == first["run_id"]
+    # the exact versions the chain registered, never `latest`
+    assert client.get_run(steps["distill"]["run_id"]).data.params["teacher"] == "models:/qa-distill-tiny-teacher/1"
+    assert client.get_run(steps["speedtest"]["run_id"]).data.params["models"] == (
+        "teacher=models:/qa-distill-tiny-teacher/1 student=models:/qa-distill-tiny-student/1 "
+        "distilled=models:/qa-distill-tiny-distill/1"
+    )
+    assert (tmp_path / "results" / "tiny.csv").exists() and (tmp_path / "results" / "tiny-speed.csv").exists()
+    # `mlflow run` put its run in Default; all that stays there is a finished pointer to the parent
+    (stub,) = client.search_runs(["0"])
+    assert stub.data.tags[MOVED_TO] == first["run_id"] and not stub.data.metrics
+
+    trained = _training_runs(client, experiment.experiment_id)
+    assert len(trained) == 3
+    second = _main(tracking_uri, tmp_path, tiny_bert, dev_sample)
+    assert second["run_id"] != first["run_id"]
+    assert {name: s["run_id"] for name, s in second["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
+    assert {s["action"] for s in second["steps"].values()} == {"reused"}
+    assert client.get_run(second["run_id"]).data.tags["step.teacher.action"] == "reused"
+    assert len(_training_runs(client, experiment.experiment_id)) == 3  # nothing trained again
+
+
+@pytest.mark.slow
+def test_an_unfinished_step_run_is_continued_as_the_same_run(tracking_uri, tmp_path, monkeypatch):
+    from tests.test_report import _log
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the step's process runs this checkout's code
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = mlflow.set_experiment("qa-distill").experiment_id
+    trained = [_log("tiny", role, f1) for role, f1 in zip(TRAINING, (70.0, 50.0, 60.0), strict=True)]
+    client = MlflowClient()
+    step = Step("report", {"recipe": str(TINY), "output": str(tmp_path / "tiny"), "experiment": "qa-distill"},
+                reads=tuple(trained))
+    inputs = KeyInputs("recipe-sha", "data-fingerprint", "commit")
+    first_parent, second_parent = (client.create_run(experiment_id) for _ in range(2))
+
+    ran = run_step(step, inputs, first_parent, "tiny-report")
+    assert ran.action == "ran" and client.get_run(ran.run_id).info.status == "FINISHED"
+    assert run_step(step, inputs, second_parent, "tiny-report") == StepResult(ran.run_id, "reused")
+    assert run_step(Step("report", step.parameters), inputs, second_parent, "tiny-report").action == "ran"
+
+    client.update_run(ran.run_id, status="RUNNING")  # as a SIGKILL leaves it
+    (tmp_path / "tiny.csv").unlink()
+    resumed = run_step(step, inputs, second_parent, "tiny-report")
+    assert resumed == StepResult(ran.run_id, "resumed")
+    run = client.get_run(ran.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == second_parent.info.run_id
+    assert (tmp_path / "tiny.csv").exists()
+
+
+def _launched_run(experiment_id: str) -> str:
+    run = MlflowClient().create_run(experiment_id, tags={"mlflow.project.entryPoint": "report"})
+    MlflowClient().log_param(run.info.run_id, "recipe", "cpu")
+    return run.info.run_id
+
+
+def test_a_run_mlflow_run_put_in_default_moves_to_the_configured_experiment(tracking_uri, monkeypatch):
+    mlflow.set_tracking_uri(tracking_uri)
+    launched = _launched_run("0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    experiment_id = tracking.setup(TrackingConfig(experiment="mine"))
+    assert mlflow.get_experiment(experiment_id).name == "mine"
+    with mlflow.start_run() as run:  # what every entry point does under `mlflow run`
+        pass
+    assert run.info.run_id != launched and run.info.experiment_id == experiment_id
+    moved = MlflowClient().get_run(run.info.run_id)
+    assert moved.data.params == {"recipe": "cpu"} and moved.data.tags["mlflow.project.entryPoint"] == "report"
+    assert MlflowClient().get_run(launched).data.tags[MOVED_TO] == run.info.run_id
+
+
+def test_a_run_in_an_experiment_the_user_named_stays_there(tracking_uri, monkeypatch):
+    mlflow.set_tracking_uri(tracking_uri)
+    named = mlflow.create_experiment("named-by-user")
+    launched = _launched_run(named)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    assert tracking.setup(TrackingConfig(experiment="qa-distill")) == named
+    with mlflow.start_run() as run:
+        pass
+    assert run.info.run_id == launched
+
+
+def test_main_rejects_bad_input_before_any_run(tracking_uri, tmp_path, capsys):
+    assert cli_main(["main", "--recipe", str(TINY), "--set", "training.epochs=0"]) == 2
+    assert "training.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run started
