@@ -28,6 +28,7 @@ from qa_distill.features import build_features, cache_dir, group_by_length
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
 from qa_distill.predictor import WINDOW_SETTINGS
+from qa_distill.progress import ProgressCallback, announce
 from qa_distill.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
@@ -92,7 +93,7 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
         "eval_examples": p.dev_examples,
         "processing_class": p.student.tokenizer,
         "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
-        "callbacks": [tracking.MlflowMetrics(), *callbacks],
+        "callbacks": [tracking.MlflowMetrics(), ProgressCallback(t.progress_seconds), *callbacks],
         "n_best": t.n_best,
         "max_answer_length": t.max_answer_length,
     }
@@ -112,6 +113,7 @@ def _train_and_log(
         mlflow.set_tag("resumed_from", checkpoint)
         tracking.end_orphaned_runs(p.config.output_dir)
     mlflow.log_params({f"run.{k}": v for k, v in p.data_notes.items()} | {"run.precision": p.precision})
+    announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - began
