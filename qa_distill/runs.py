@@ -63,6 +63,8 @@ def prepare(config: RunConfig) -> Prepared:
     notes = {
         "train_source": train.source,
         "dev_source": dev.source,
+        "train_fingerprint": train.fingerprint,
+        "dev_fingerprint": dev.fingerprint,
         "train_questions": len(train.dataset),
         "dev_questions": len(dev.dataset),
         "train_windows": len(train_features),
@@ -114,6 +116,8 @@ def _train_and_log(
         tracking.end_orphaned_runs(p.config.output_dir)
     mlflow.log_params({f"run.{k}": v for k, v in p.data_notes.items()} | {"run.precision": p.precision})
     announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
+    for split, examples, context in (("train", p.train_examples, "training"), ("dev", p.dev_examples, "evaluation")):
+        tracking.log_dataset(examples, p.data_notes[f"{split}_source"], p.data_notes[f"{split}_fingerprint"], context)
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - began

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+import mlflow
 import pytest
 
 from qa_distill import progress as progress_module
@@ -77,13 +78,16 @@ def test_announce_names_device_cpu_precision_and_threads():
 
 
 @pytest.mark.slow
-def test_a_tiny_training_reports_every_stage(tmp_path, tracking_uri, dev_sample, tiny_bert, capfd):
+def test_a_tiny_training_reports_every_stage_and_logs_its_data(tmp_path, tracking_uri, dev_sample, tiny_bert, capfd):
     overrides = ["data.max_length=96", "data.doc_stride=32", "training.epochs=1", "training.batch_size=8",
                  "training.eval_batch_size=32", "training.precision=fp32", "training.threads=1",
                  "training.progress_seconds=0", f"model.name={tiny_bert}", f"data.cache_dir={tmp_path / 'cache'}"]
     config = load_config("cpu", "teacher", overrides, data=str(dev_sample), output_dir=str(tmp_path / "teacher"))
-    run_finetune(config)
+    result = run_finetune(config)
     err = capfd.readouterr().err
+    inputs = mlflow.get_run(result["run_id"]).inputs.dataset_inputs
+    assert sorted((i.tags[0].value, i.dataset.name) for i in inputs) == [
+        ("evaluation", "dev-sample.json"), ("training", "train-sample.json")]
     assert f"cpu-teacher: device cpu ({cpu_name()}), precision fp32, 1 threads" in err
     rate_eta = r", [\d.e+-]+ \w+/s, elapsed \d+:\d\d:\d\d, ETA (\d+:\d\d:\d\d|unknown)$"
     finals = {}
