@@ -75,6 +75,7 @@ class TrainingConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it), bf16, fp16, fp32
     eval_each_epoch: bool = True
     logging_steps: int = 50
+    progress_seconds: float = 30.0  # a progress line (step/total, rate, ETA) at most this often
     n_best: int = 20
     max_answer_length: int = 30
     threads: int | None = None  # CPU threads for torch (None: torch's default)

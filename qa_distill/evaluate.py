@@ -12,6 +12,7 @@ from qa_distill.config import DataConfig
 from qa_distill.data import load_split
 from qa_distill.metrics import squad_scores
 from qa_distill.predictor import QAPredictor
+from qa_distill.progress import Progress
 
 
 def evaluate_model(source: str, data: DataConfig, backend: str = "fp32", chunk: int = 256) -> dict[str, Any]:
@@ -19,8 +20,10 @@ def evaluate_model(source: str, data: DataConfig, backend: str = "fp32", chunk: 
     dev = load_split(data, "dev").dataset
     predictor = QAPredictor(source, backend)
     answers: dict[str, str] = {}
-    for lo in range(0, len(dev), chunk):
-        rows = dev[lo : lo + chunk]
-        answers |= dict(zip(rows["id"], predictor.answer_batch(rows["question"], rows["context"]), strict=True))
+    with Progress("evaluation", len(dev), "questions") as progress:
+        for lo in range(0, len(dev), chunk):
+            rows = dev[lo : lo + chunk]
+            answers |= dict(zip(rows["id"], predictor.answer_batch(rows["question"], rows["context"]), strict=True))
+            progress.update(len(rows["id"]))
     gold = {r["id"]: r["answers"]["text"] for r in dev}
     return {**squad_scores(gold, answers), "dev_questions": len(gold), "predictions": answers}

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qa_distill.data import Split
 from qa_distill.errors import ModelError
+from qa_distill.progress import Progress, counted, datasets_bars_off
 
 FEATURES_VERSION = "1"  # bump when the feature layout changes, to invalidate caches
 
@@ -141,16 +142,20 @@ def build_features(
     path = cache_dir(cache) / f"features-{kind}-{key}.arrow"
     path.parent.mkdir(parents=True, exist_ok=True)
     fn = _train_batch if kind == "train" else _eval_batch
-    features = split.dataset.map(
-        fn,
-        batched=True,
-        remove_columns=split.dataset.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "stride": doc_stride},
-        cache_file_name=str(path),
-        load_from_cache_file=True,
-        new_fingerprint=key,
-        desc=f"Tokenising {kind} windows",
-    )
+    # reported only when tokenised now: a cached file is just opened
+    progress = None if path.exists() else Progress(f"tokenising {kind} windows", len(split.dataset), "questions")
+    with datasets_bars_off():
+        features = split.dataset.map(
+            counted(fn, progress) if progress else fn,
+            batched=True,
+            remove_columns=split.dataset.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "stride": doc_stride},
+            cache_file_name=str(path),
+            load_from_cache_file=True,
+            new_fingerprint=key,
+        )
+    if progress:
+        progress.close()
     if kind == "train":
         return features.add_column("feature_index", list(range(len(features))))
     return features

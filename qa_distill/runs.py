@@ -29,6 +29,7 @@ from qa_distill.features import build_features, cache_dir, group_by_length
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
 from qa_distill.predictor import WINDOW_SETTINGS
+from qa_distill.progress import ProgressCallback, announce
 from qa_distill.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
@@ -64,6 +65,8 @@ def prepare(config: RunConfig) -> Prepared:
     notes = {
         "train_source": train.source,
         "dev_source": dev.source,
+        "train_fingerprint": train.fingerprint,
+        "dev_fingerprint": dev.fingerprint,
         "train_questions": len(train.dataset),
         "dev_questions": len(dev.dataset),
         "train_windows": len(train_features),
@@ -94,7 +97,7 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
         "eval_examples": p.dev_examples,
         "processing_class": p.student.tokenizer,
         "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
-        "callbacks": [tracking.MlflowMetrics(), *callbacks],
+        "callbacks": [tracking.MlflowMetrics(), ProgressCallback(t.progress_seconds), *callbacks],
         "n_best": t.n_best,
         "max_answer_length": t.max_answer_length,
     }
@@ -118,6 +121,11 @@ def _train_and_log(
     if main:
         notes = p.data_notes | {"precision": p.precision, "processes": world_size()}
         mlflow.log_params({f"run.{k}": v for k, v in notes.items()})
+        for split, examples, context in (("train", p.train_examples, "training"),
+                                         ("dev", p.dev_examples, "evaluation")):
+            notes = p.data_notes
+            tracking.log_dataset(examples, notes[f"{split}_source"], notes[f"{split}_fingerprint"], context)
+    announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - began

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import random
 import re
 import tempfile
@@ -38,6 +37,7 @@ from qa_distill.errors import ConfigError, DataError, ModelError
 from qa_distill.metrics import squad_scores
 from qa_distill.models import input_names, load_config, load_qa_model, load_tokenizer, resolve_source
 from qa_distill.predictor import QAPredictor
+from qa_distill.progress import Progress, announce, cpu_name
 from qa_distill.registry import LATENCY_FIGURES, pin_versions, tag_versions
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup as setup_tracking
@@ -246,6 +246,7 @@ def measure(
             answerer.answer_batch([q["question"]], [q["context"]])
     timings = {key: Timing() for key in answerers}
     keys = list(answerers)
+    progress = Progress("speed test", len(keys) * len(questions), "questions")
     for b, lo in enumerate(range(0, len(questions), batch_size)):
         chunk = questions[lo : lo + batch_size]
         for key in keys[b % len(keys) :] + keys[: b % len(keys)]:
@@ -257,6 +258,8 @@ def measure(
             began = time.perf_counter()
             answerer.answer_batch([q["question"] for q in chunk], [q["context"] for q in chunk])
             timing.batched_seconds += time.perf_counter() - began
+            progress.update(len(chunk))
+    progress.close()
     return timings
 
 
@@ -410,16 +413,6 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def _cpu_name() -> str:
-    """The CPU model (latency means little without it)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def _metric_name(*parts: str) -> str:
     return _METRIC_UNSAFE.sub("_", ".".join(parts))
 
@@ -457,7 +450,7 @@ def run_speedtest(
     setup_tracking(tracking or TrackingConfig())
     run = mlflow.start_run() if launched_by_mlflow_run() else mlflow.start_run(run_name=run_name)
     with run:
-        cpu = _cpu_name()
+        cpu = cpu_name()
         # "speed." keeps clear of the parameters `mlflow run` logs itself, as given
         settings = {
             **{f"model.{name}": source for name, source in named.items()},
@@ -468,6 +461,7 @@ def run_speedtest(
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         mlflow.log_params({f"speed.{key}": value for key, value in settings.items()})
+        announce(run_name, "cpu", "/".join(backends), threads)
         results = _time_models(paths, backends, sample, threads, warmup, batch_size, hf_baseline)
         df = results_table(results)
         df.insert(1, "version", [versions[name].label if name in versions else "" for name in df["model"]])

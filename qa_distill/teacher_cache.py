@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from qa_distill.errors import QaDistillError
 from qa_distill.models import input_names
+from qa_distill.progress import Progress
 
 
 class StaleCacheError(QaDistillError):
@@ -87,6 +88,7 @@ def _compute(
     columns = ["input_ids", "attention_mask", "token_type_ids"]
     order = np.argsort(np.asarray(features["length"]), kind="stable")
     teacher.to(device).eval()  # and stays there: on the fly, the trainer runs it on the same device
+    progress = Progress("teacher logits", n, "windows")
     for lo in range(0, n, batch_size):
         rows = order[lo : lo + batch_size]
         batch = collate(features.select(rows).select_columns(columns).to_list())
@@ -94,6 +96,8 @@ def _compute(
         width = s.shape[1]
         start[rows, :width] = s.cpu().numpy()
         end[rows, :width] = e.cpu().numpy()
+        progress.update(len(rows))
+    progress.close()
     start.flush()
     end.flush()
 

@@ -6,6 +6,7 @@ Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from datasets import Dataset
 from transformers import TrainerCallback
 
 from qa_distill import launched_run
@@ -83,6 +85,22 @@ def end_orphaned_runs(output_dir: str) -> list[str]:
 
 def _param(value: Any) -> str:
     return "" if value is None else str(value)[:6000]
+
+
+def log_dataset(dataset: Dataset, source: str, fingerprint: str, context: str) -> None:
+    """Record which data the active run used (the UI's Datasets column): name, source and content
+    fingerprint as digest, schema and row count; only this description, never the rows."""
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if Path(source).exists():  # a local file ("local": said outright, as a bare path is ambiguous)
+        uri = json.dumps({"uri": str(Path(source).resolve())})
+        name, origin = Path(source).name, get_dataset_source_from_json(uri, source_type="local")
+    else:  # a hub split, `name[split]`
+        hub, _, split = source.partition("[")
+        name, origin = source, HuggingFaceDatasetSource(path=hub, split=split.rstrip("]") or None)
+    described = mlflow.data.from_huggingface(dataset, source=origin, name=name, digest=fingerprint[:36])
+    mlflow.log_input(described, context=context)
 
 
 class MlflowMetrics(TrainerCallback):

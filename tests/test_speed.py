@@ -175,7 +175,7 @@ def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
     assert "speedup_vs_teacher_hf" not in table
 
 
-def test_measure_takes_turns_batch_by_batch(questions):
+def test_measure_takes_turns_batch_by_batch(questions, capsys):
     calls = []
 
     class Recorder:
@@ -196,6 +196,7 @@ def test_measure_takes_turns_batch_by_batch(questions):
     for (name, _), timing in timings.items():
         assert len(timing.seconds) == len(questions) and all(t > 0 for t in timing.seconds)
         assert timing.answers == {q["id"]: name for q in questions} and timing.batched_seconds > 0
+    assert capsys.readouterr().err.startswith("speed test: 16/16 questions (100%)")  # 2 answerers x 8
 
 
 def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
