@@ -42,7 +42,6 @@ def _shrunk(role, tmp_path, dev_sample, student, teacher, *extra):
     return load_config("gpu", role, overrides, data=str(dev_sample), output_dir=str(tmp_path / role), teacher=teacher)
 
 
-@pytest.mark.slow
 def test_the_teacher_cache_is_computed_on_the_trainers_device_in_its_batches(
     tmp_path, dev_sample, tiny_bert, tiny_distilbert
 ):
