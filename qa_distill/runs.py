@@ -123,7 +123,6 @@ def _train_and_log(
         mlflow.log_params({f"run.{k}": v for k, v in notes.items()})
         for split, examples, context in (("train", p.train_examples, "training"),
                                          ("dev", p.dev_examples, "evaluation")):
-            notes = p.data_notes
             tracking.log_dataset(examples, notes[f"{split}_source"], notes[f"{split}_fingerprint"], context)
     announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
     began = time.perf_counter()
