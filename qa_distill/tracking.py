@@ -37,28 +37,25 @@ def _artifact_root(uri: str) -> str | None:
 
 @contextmanager
 def mlflow_run(
-    config: RunConfig, run_name: str | None = None, nested: bool = False, tags: dict | None = None
+    config: RunConfig,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with the configuration logged as params."""
+    """An MLflow run with the configuration logged as params; `run_id` reopens a run to resume it."""
     setup(config.tracking)
-    with mlflow.start_run(run_name=run_name or f"{config.recipe}-{config.role}", nested=nested) as run:
+    name = None if run_id else run_name or f"{config.recipe}-{config.role}"
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested) as run:
         mlflow.set_tags({"recipe": config.recipe, "role": config.role, **(tags or {})})
-        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+        log_new_params({k: _param(v) for k, v in config.flat().items()})
         yield run
 
 
-def end_orphaned_runs(output_dir: str) -> list[str]:
-    """Mark KILLED the RUNNING runs that wrote into `output_dir` before this one: a process
-    killed outright (SIGKILL, a lost machine) never ends its run, and this run resumes its work."""
-    current = mlflow.active_run().info.run_id
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"params.`run.output_dir` = '{output_dir}' and attributes.status = 'RUNNING'",
-    )
-    orphans = [r for r in runs["run_id"] if r != current] if not runs.empty else []
-    for run_id in orphans:
-        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
-    return orphans
+def log_new_params(params: dict[str, Any]) -> None:
+    """Log the params the active run does not have yet: a resumed run keeps its first values."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 def _param(value: Any) -> str:
