@@ -27,8 +27,29 @@ class QAModel(mlflow.pyfunc.PythonModel):
         return {key: value for key, value in self.__dict__.items() if key != "predictor"}
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        frame = pd.DataFrame(model_input)
+        frame = _requests(model_input)
         return self.predictor.answer_batch(list(frame["question"]), list(frame["context"]))
+
+
+def _requests(model_input) -> pd.DataFrame:
+    """The request as rows of text, or a bad-request error in one line (served: HTTP 400, not 500)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    try:
+        frame = pd.DataFrame(model_input)
+    except (ValueError, TypeError) as exc:
+        raise MlflowException(f"expected rows of question and context: {exc}", INVALID_PARAMETER_VALUE) from None
+    for column in ("question", "context"):
+        if column not in frame.columns:
+            raise MlflowException(f"every row needs a {column!r} field", INVALID_PARAMETER_VALUE)
+        values = frame[column].tolist()
+        row = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if row is not None:
+            value = values[row]
+            raise MlflowException(f"{column!r} must be text, got {type(value).__name__} {value!r} in row {row}",
+                                  INVALID_PARAMETER_VALUE)
+    return frame
 
 
 def log_qa_model(model_dir: str | Path, registered_name: str | None = None) -> str:

