@@ -1,7 +1,7 @@
 """The life of a training run: checkpoints, signals, resuming, and runs whose process died.
 
-- Every MLflow run carries the tag `qa_distill.process` (host:pid:start time), so any later
-  process can tell a RUNNING run whose process is gone (SIGKILL, a lost machine) from a live one.
+- Every training run carries the tag `qa_distill.process` (processes.py), so a rerun can tell a
+  RUNNING run whose process is gone (SIGKILL, a lost machine) from a live one.
 - A checkpoint is *complete* once its seal (`qa_distill_checkpoint.json`) is written, by atomic
   rename, after everything the Trainer saves; the seal carries the run id, the training time so
   far and the run's identity (configuration, data and model fingerprints). A directory without
@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -38,10 +37,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from qa_distill import tracking
 from qa_distill.config import RunConfig, launched_by_mlflow_run
 from qa_distill.errors import ConfigError, Interrupted
+from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
 
 log = logging.getLogger(__name__)
 
-PROCESS_TAG = "qa_distill.process"
 SEAL = "qa_distill_checkpoint.json"
 # settings that change how a run is executed or recorded, not what it trains
 _NOT_IDENTITY = {
@@ -49,75 +48,6 @@ _NOT_IDENTITY = {
     "distillation.teacher", "distillation.teacher_cache", "training.resume", "training.threads",
     "training.eval_batch_size", "training.logging_steps", "training.save_steps", "training.save_minutes",
 }
-
-
-# --- processes -------------------------------------------------------------------------------
-
-def _start_time(pid: int) -> str:
-    """When the process started (clock ticks since boot), so a reused pid is not taken for it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def process_tag() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def is_alive(tag: str | None) -> bool:
-    """Whether the process a run's tag names still runs; a process on another host counts as alive."""
-    if not tag:
-        return False  # a run from before the tag existed: nothing can still be writing it
-    host, pid, started = tag.rsplit(":", 2)
-    if host != socket.gethostname():
-        return True
-    return pid_alive(int(pid)) and (not started or _start_time(int(pid)) == started)
-
-
-def remove_stale_temp_dirs(folder: Path) -> list[Path]:
-    """Remove `<name>.tmp-<pid>` directories whose process is gone (a computation killed midway)."""
-    stale = []
-    for tmp in folder.glob("*.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[1]
-        if tmp.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            stale.append(tmp)
-    if stale:
-        log.warning("removed %d temporary directories left by killed processes in %s", len(stale), folder)
-    return stale
-
-
-def close_dead_runs(filter_string: str, keep: str | None = None) -> tuple[list[str], list[str]]:
-    """End KILLED the RUNNING runs matching `filter_string` whose process is gone.
-
-    Returns (closed, alive) run ids; `keep` (a run about to be resumed) is neither.
-    """
-    runs = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"{filter_string} and attributes.status = 'RUNNING'"
-    )
-    closed, alive = [], []
-    for _, row in runs.iterrows():
-        if row["run_id"] == keep:
-            continue
-        if is_alive(row.get(f"tags.{PROCESS_TAG}")):
-            alive.append(row["run_id"])
-        else:
-            mlflow.MlflowClient().set_terminated(row["run_id"], "KILLED")
-            closed.append(row["run_id"])
-    if closed:
-        log.warning("marked KILLED %d RUNNING runs whose process is gone: %s", len(closed), closed)
-    return closed, alive
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -238,6 +168,10 @@ class Checkpointing(TrainerCallback):
         if self.signum is not None:
             control.should_training_stop = True
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.signum is not None:  # stopping mid-epoch: saved at the step, no evaluation to wait for
+            control.should_evaluate = control.should_save = False
+
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
             path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
@@ -295,7 +229,7 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
     Refuses (one line) while another live process trains into the same output directory.
     """
     tracking.setup(config.tracking)
-    mine = f"params.`run.output_dir` = '{config.output_dir}' and params.`run.role` = '{config.role}'"
+    mine = f"tags.`{tracking.OUTPUT_DIR_TAG}` = '{config.output_dir}' and tags.role = '{config.role}'"
     _, alive = close_dead_runs(mine)
     if alive:
         raise ConfigError(f"{config.output_dir} is in use by the live run {alive[0]}: wait for it to end, "

@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from transformers import TrainerCallback
 
-from qa_distill import lifecycle, preflight, tracking
+from qa_distill import preflight, processes, tracking
 from qa_distill.config import RunConfig, check_distillation
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
@@ -496,8 +496,8 @@ def run_search(
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     # a worker killed mid-study never ended its parent run; its trial is retried by Optuna
-    lifecycle.close_dead_runs(f"tags.optuna_study = '{study_name}' and tags.role = 'search'")
-    tags[lifecycle.PROCESS_TAG] = lifecycle.process_tag()
+    processes.close_dead_runs(f"tags.optuna_study = '{study_name}' and tags.role = 'search'")
+    tags[processes.PROCESS_TAG] = processes.process_tag()
     with tracking.mlflow_run(config, run_name=study_name, tags=tags) as run:
         mlflow.log_params(search_params(n_trials, timeout, sampler_seed, space))
         study.optimize(

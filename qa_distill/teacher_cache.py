@@ -23,8 +23,8 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from qa_distill.data import file_sha256
 from qa_distill.errors import QaDistillError
-from qa_distill.lifecycle import remove_stale_temp_dirs
 from qa_distill.models import input_names
+from qa_distill.processes import remove_stale_temp_dirs
 
 ARRAYS = ("start.npy", "end.npy")
 

@@ -1,6 +1,7 @@
 """MLflow: one run per entry point, metrics from the Trainer, the model as an MLflow model.
 
-A run that raises or is interrupted ends FAILED (MLflow's `start_run` context does that).
+A run that raises ends FAILED (MLflow's `start_run` context does that); lifecycle.py ends an
+interrupted training KILLED and reopens it to resume.
 Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
 """
 
@@ -16,6 +17,8 @@ import mlflow
 from transformers import TrainerCallback
 
 from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
+
+OUTPUT_DIR_TAG = "qa_distill.output_dir"
 
 
 def setup(config: TrackingConfig) -> None:
@@ -46,8 +49,10 @@ def mlflow_run(
     """An MLflow run with the configuration logged as params; `run_id` reopens a run to resume it."""
     setup(config.tracking)
     name = None if run_id else run_name or f"{config.recipe}-{config.role}"
-    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested) as run:
-        mlflow.set_tags({"recipe": config.recipe, "role": config.role, **(tags or {})})
+    # tags given to start_run are written with the run: a process killed a moment later leaves
+    # a run that can still be found by its output directory and role
+    tags = {"recipe": config.recipe, "role": config.role, OUTPUT_DIR_TAG: config.output_dir, **(tags or {})}
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=tags) as run:
         log_new_params({k: _param(v) for k, v in config.flat().items()})
         yield run
 

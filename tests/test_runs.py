@@ -13,7 +13,7 @@ from qa_distill.cli import main
 from qa_distill.config import DataConfig, load_config
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
-from qa_distill.lifecycle import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.runs import run_distill, run_finetune
 
 from .conftest import write_squad
