@@ -265,6 +265,10 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
     if t.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"training.precision must be auto, bf16, fp16 or fp32, got {t.precision!r}")
+    for name, value in (("training.epochs", t.epochs), ("training.learning_rate", t.learning_rate),
+                        ("training.weight_decay", t.weight_decay), ("training.warmup_ratio", t.warmup_ratio)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
         raise ConfigError("training.epochs, training.learning_rate and training.batch_size must be positive")
     if config.model.layer_stride < 1:

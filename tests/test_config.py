@@ -32,7 +32,8 @@ def test_a_value_of_the_wrong_type_names_its_field(override, message):
      ("distillation.alpha=nan", r"distillation.alpha must be in \[0, 1\]"),
      ("training.batch_size=2.5", "training.batch_size: 2.5 is not a whole number"),
      ("data.train_questions=10.5", "data.train_questions: 10.5 is not a whole number"),
-     ("training.save_minutes=0", "training.save_minutes must be positive")],
+     ("training.save_minutes=0", "training.save_minutes must be positive"),
+     ("training.learning_rate=.inf", "training.learning_rate must be a finite number")],
 )
 def test_values_that_would_train_wrong_are_refused_naming_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
