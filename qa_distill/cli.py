@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qa_distill.config import BACKENDS, DEFAULT_DEV_JSON
-from qa_distill.errors import QaDistillError
+from qa_distill.config import BACKENDS, DEFAULT_DEV_JSON, TrackingConfig, check_name
+from qa_distill.errors import Interrupted, QaDistillError
 
 MODEL_SOURCES = "local dir, hub name, runs:/<id>/model or models:/<name>/<version>"
 
@@ -53,16 +54,39 @@ def _config(args: argparse.Namespace, role: str):
     )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number > 0 (argparse prints the one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _connect_for(source: str) -> None:
+    """A `runs:/` or `models:/` source is looked up in the configured tracking store."""
+    from qa_distill import preflight
+    from qa_distill.models import is_mlflow_uri
+
+    if is_mlflow_uri(source):
+        preflight.connect(TrackingConfig())
+
+
+# Each command validates its configuration before importing the training stack (seconds of imports).
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    config = _config(args, args.command)
     from qa_distill.runs import run_finetune
 
-    return run_finetune(_config(args, args.command))
+    return run_finetune(config)
 
 
 def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
+    config = _config(args, "distill")
     from qa_distill.runs import run_distill
 
-    return run_distill(_config(args, "distill"))
+    return run_distill(config)
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,11 +100,12 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from qa_distill.errors import ConfigError
-    from qa_distill.search import run_search
 
     if args.n_trials is None and args.timeout is None:
         raise ConfigError("give --n-trials or --timeout (or both): a study needs an end")
     config = _config(args, "distill")
+    from qa_distill.search import run_search
+
     return run_search(
         config, args.n_trials, args.timeout, args.study_name or f"distill-{config.recipe}",
         args.storage or None, args.sampler_seed, tuple(args.temperature_range), tuple(args.alpha_range),
@@ -99,7 +124,12 @@ def _recipe_models(recipe: str) -> list[str]:
 def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
 
+    from qa_distill import preflight
     from qa_distill.config import load_tracking, recipe_path
+
+    run_name = check_name(args.run_name or f"{args.recipe}-speed", "--run-name")
+    tracking = load_tracking(args.recipe, args.experiment)
+    preflight.connect(tracking)
     from qa_distill.speed import run_speedtest
 
     models = [m for chunk in args.model for m in chunk.split()]
@@ -117,13 +147,13 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
         table = run_speedtest(
             models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions,
             args.backends.split() if args.backends else None, args.threads, args.batch_size, args.output or None,
-            not args.no_hf_baseline, load_tracking(args.recipe, args.experiment),
-            args.run_name or f"{args.recipe}-speed", args.warmup,
+            not args.no_hf_baseline, tracking, run_name, args.warmup,
         )
     return table.to_dict("records")
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
+    _connect_for(args.model)
     from qa_distill.launched_run import log_result
     from qa_distill.speed import predict
 
@@ -134,10 +164,12 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from qa_distill.config import DataConfig
+
+    data = DataConfig(data=args.data or str(DEFAULT_DEV_JSON.parent), dev_questions=args.dev_questions)
+    _connect_for(args.model)
     from qa_distill.evaluate import evaluate_model
     from qa_distill.launched_run import log_result
 
-    data = DataConfig(data=args.data or str(DEFAULT_DEV_JSON.parent), dev_questions=args.dev_questions)
     result = evaluate_model(args.model, data, args.backend)
     predictions = result.pop("predictions")
     if args.predictions:
@@ -147,10 +179,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from qa_distill import preflight
     from qa_distill.config import load_tracking, recipe_path
-    from qa_distill.report import run_report
 
     tracking = load_tracking(args.recipe, args.experiment)
+    preflight.connect(tracking)
+    from qa_distill.report import run_report
+
     return run_report(recipe_path(args.recipe).stem, tracking, args.output or None).to_dict("records")
 
 
@@ -167,7 +202,8 @@ def cmd_main(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-distill", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info level)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress (info level) and show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     text = "the recipe's chain (teacher, student, distill, speedtest, report) as child runs of one run"
@@ -237,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="EM/F1 of a saved model on a SQuAD dev set")
     p.add_argument("--model", required=True, help=MODEL_SOURCES)
     p.add_argument("--data", default=str(DEFAULT_DEV_JSON.parent), help="hub name, directory or dev JSON")
-    p.add_argument("--dev-questions", type=lambda v: int(v) if v else None, default=None,
+    p.add_argument("--dev-questions", type=lambda v: _positive_int(v) if v else None, default=None,
                    help="seeded subset (default: all)")
     p.add_argument("--backend", default="fp32", choices=BACKENDS)
     p.add_argument("--predictions", default="", help="also write id -> answer JSON here")
@@ -266,12 +302,41 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], Any] = args.func
     try:
         result = func(args)
-    except QaDistillError as exc:
-        print(f"qa-distill {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:  # noqa: B036 - every error a user can cause becomes one line
+        return _report_error(args, exc)
     if result is not None:
         print(json.dumps(result, default=str))
     return 0
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one line for an error the user can act on; None for a bug (which keeps its traceback)."""
+    if isinstance(exc, QaDistillError | OSError):
+        return str(exc)  # bad input; a read-only, full or missing path
+    mlflow_errors = sys.modules.get("mlflow.exceptions")
+    if mlflow_errors and isinstance(exc, mlflow_errors.MlflowException):
+        return f"MLflow: {exc.message.splitlines()[0] if exc.message else exc}"
+    return None
+
+
+def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print one line and return the exit code: 2 bad input, 1 environment, 128 + N a signal."""
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted(signal.SIGINT)
+    if isinstance(exc, Interrupted):
+        print(f"qa-distill {args.command}: {exc}; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        code = 128 + exc.signum
+    elif (line := _user_error(exc)) is not None:
+        print(f"qa-distill {args.command}: error: {line}", file=sys.stderr)
+        code = 2 if isinstance(exc, QaDistillError) else 1
+    else:
+        raise exc
+    if args.verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ recipe's section for the role (`teacher`, `student`, `distill`), then command-li
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ class TrainingConfig:
     dataloader_workers: int = 0  # processes collating batches beside training (a GPU waits less)
     torch_compile: bool = False  # compile the model's forward/backward (torch.compile)
     resume: bool = True  # resume from the last checkpoint in output_dir, if any
+    save_steps: int | None = None  # checkpoint every N steps (None: at epoch ends only)
+    save_minutes: float | None = 15.0  # also checkpoint when this much wall time passed since the last
 
 
 @dataclass
@@ -175,7 +178,10 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
                 return False
             raise ValueError(value)
         if text.startswith("int") and not isinstance(value, bool):
-            return int(value)
+            number = float(value) if isinstance(value, float) else int(value)
+            if number != int(number):
+                raise ConfigError(f"{name}: {value!r} is not a whole number")
+            return int(number)
         if text.startswith("float"):
             return float(value)
         if text.startswith("str"):
@@ -297,6 +303,10 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
     if t.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"training.precision must be auto, bf16, fp16 or fp32, got {t.precision!r}")
+    for name, value in (("training.epochs", t.epochs), ("training.learning_rate", t.learning_rate),
+                        ("training.weight_decay", t.weight_decay), ("training.warmup_ratio", t.warmup_ratio)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
         raise ConfigError("training.epochs, training.learning_rate and training.batch_size must be positive")
     if k.teacher_batch_size is not None and k.teacher_batch_size <= 0:
@@ -305,12 +315,27 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
     if config.model.layer_stride < 1:
         raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
-    if k.temperature <= 0:
-        raise ConfigError(f"distill.temperature must be > 0, got {k.temperature}")
-    if not 0.0 <= k.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha must be in [0, 1], got {k.alpha}")
+    for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive (or null for epoch ends only), got {value}")
+    check_distillation(k.temperature, k.alpha)
     if config.role == "distill" and not k.teacher:
         raise ConfigError("distill needs a teacher: --teacher PATH|HUB_NAME|runs:/...|models:/...")
+
+
+def check_distillation(temperature: float, alpha: float) -> None:
+    """T finite and > 0, alpha in [0, 1]: the one check of the recipe, the loss and the search ranges."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"distillation.temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"distillation.alpha must be in [0, 1], got {alpha}")
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that becomes a file name: no path separators, so it stays in its folder."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"{what} {name!r} must be a plain name (no '/', '\\' or leading '.')")
+    return name
 
 
 def tracking_uri(config: TrackingConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ def validate_records(
     records: list[dict[str, Any]], source: str, skip_invalid: bool
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Check each question; fix misplaced answer_start; drop or reject the invalid ones."""
-    kept, counts = [], Counter()
+    kept, counts, shift = [], Counter(), 0
     for rec in records:
         qid = rec.get("id", "?")
         if not isinstance(rec.get("context"), str) or not rec["context"].strip():
@@ -66,7 +67,9 @@ def validate_records(
                 if fixed is None:
                     problem = "answer_not_in_context"
                     break
-                counts["answer_start_realigned"] += int(fixed != int(start))
+                if fixed != int(start):
+                    counts["answer_start_realigned"] += 1
+                    shift = max(shift, abs(fixed - int(start)))
                 starts.append(fixed)
             answers = {"text": list(answers["text"]), "answer_start": starts}
         if problem:
@@ -79,7 +82,25 @@ def validate_records(
             counts[f"skipped_{problem}"] += 1
             continue
         kept.append({**rec, "answers": answers})
+    if counts["answer_start_realigned"]:
+        log.warning(
+            "%s: moved %d answer_start values to where their answer text is (largest shift %d characters)",
+            source, counts["answer_start_realigned"], shift,
+        )
     return kept, counts
+
+
+def _offset(value: Any, path: Path, qid: Any) -> int:
+    """An answer_start: a whole number of characters, else an error naming the question."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        value = repr(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number) and number >= 0):
+        raise DataError(f"{path}: question {qid!r} has answer_start {value!r}, not a character offset")
+    return int(number)
 
 
 def read_squad_json(path: str | Path) -> list[dict[str, Any]]:
@@ -108,7 +129,7 @@ def read_squad_json(path: str | Path) -> list[dict[str, Any]]:
                             "question": qa["question"],
                             "answers": {
                                 "text": [a["text"] for a in qa.get("answers", [])],
-                                "answer_start": [int(a["answer_start"]) for a in qa.get("answers", [])],
+                                "answer_start": [_offset(a["answer_start"], path, qid) for a in qa.get("answers", [])],
                             },
                         }
                     )
@@ -122,7 +143,7 @@ def read_squad_json(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -159,7 +180,7 @@ def data_fingerprint(config: DataConfig) -> str:
     or the hub dataset's name."""
     if not is_local(config):
         return config.data
-    return ",".join(_file_sha256(path)[:16] if path else "-" for path in _local_files(config))
+    return ",".join(file_sha256(path)[:16] if path else "-" for path in _local_files(config))
 
 
 def _subset(split: Split, n: int | None, seed: int) -> Split:
@@ -177,7 +198,7 @@ def _local_split(path: Path | None, name: str, config: DataConfig) -> Split:
     if counts:
         log.info("%s: %s", path, dict(counts))
     ds = Dataset.from_list(records)
-    return Split(ds, str(path), _file_sha256(path)[:16] + f"-skip{int(config.skip_invalid)}", counts)
+    return Split(ds, str(path), file_sha256(path)[:16] + f"-skip{int(config.skip_invalid)}", counts)
 
 
 def _hub_split(name: str, split: str, config: DataConfig) -> Split:

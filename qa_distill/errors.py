@@ -15,3 +15,14 @@ class DataError(QaDistillError):
 
 class ModelError(QaDistillError):
     """A model that cannot be loaded or used as asked (tokenizer, teacher compatibility, ...)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT stopped the process (a BaseException, like KeyboardInterrupt, so that no
+    `except Exception` - Optuna's included - takes it for a failed step)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qa_distill.config import check_distillation
+
 
 def hard_loss(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against gold token positions, as HF QA heads compute it."""
@@ -42,13 +44,6 @@ def soft_loss(
     return kl * temperature**2
 
 
-def check_hyperparameters(temperature: float, alpha: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-
-
 def distillation_loss(
     student_start: torch.Tensor,
     student_end: torch.Tensor,
@@ -61,7 +56,7 @@ def distillation_loss(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scalar loss for logits `(batch, seq)` and gold positions `(batch,)`; mask `(batch, seq)`."""
-    check_hyperparameters(temperature, alpha)
+    check_distillation(temperature, alpha)
     total = student_start.new_zeros((), dtype=torch.float32)
     for student, teacher, gold in (
         (student_start, teacher_start, start_positions),

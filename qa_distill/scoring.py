@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from qa_distill.errors import DataError
 from qa_distill.metrics import gold_from_squad_json, squad_scores
+
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: str, what: str):
@@ -30,4 +33,11 @@ def score_files(dataset_json: str, predictions_json: str) -> dict[str, float]:
         gold = gold_from_squad_json(dataset)
     except (KeyError, TypeError) as exc:
         raise DataError(f"{dataset_json}: not SQuAD v1.1 JSON (missing {exc})") from None
+    unknown = [qid for qid in predictions if qid not in gold]
+    if predictions and len(unknown) == len(predictions):
+        raise DataError(f"{predictions_json}: none of its {len(unknown)} question ids is in {dataset_json}, "
+                        f"e.g. {unknown[0]!r}: predictions for another dataset?")
+    if unknown:
+        log.warning("%s: %d of %d question ids are not in %s (e.g. %r) and are ignored",
+                    predictions_json, len(unknown), len(predictions), dataset_json, unknown[0])
     return squad_scores(gold, predictions)

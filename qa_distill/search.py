@@ -40,8 +40,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from transformers import TrainerCallback
 
-from qa_distill import tracking
-from qa_distill.config import RunConfig
+from qa_distill import preflight, processes, tracking
+from qa_distill.config import RunConfig, check_distillation
 from qa_distill.distributed import world_size
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
@@ -76,12 +76,10 @@ class SearchSpace:
 
     def check(self) -> None:
         """Bad ranges fail before any data is loaded, not at the first trial."""
-        t_lo, t_hi = self.temperature
-        a_lo, a_hi = self.alpha
-        if not 0 < t_lo <= t_hi:
-            raise ConfigError(f"temperature range needs 0 < low <= high, got {self.temperature}")
-        if not 0 <= a_lo <= a_hi <= 1:
-            raise ConfigError(f"alpha range needs 0 <= low <= high <= 1, got {self.alpha}")
+        for temperature, alpha in zip(self.temperature, self.alpha, strict=True):
+            check_distillation(temperature, alpha)
+        if not (self.temperature[0] <= self.temperature[1] and self.alpha[0] <= self.alpha[1]):
+            raise ConfigError(f"ranges need low <= high, got T {self.temperature}, alpha {self.alpha}")
         if self.learning_rate and not 0 < self.learning_rate[0] <= self.learning_rate[1]:
             raise ConfigError(f"lr range needs 0 < low <= high, got {self.learning_rate}")
 
@@ -498,6 +496,7 @@ def run_search(
         raise ConfigError("search runs whole trials per process: start workers on one --storage "
                           "instead of launching it with torchrun or accelerate launch")
     storage = storage or default_storage(config)
+    preflight.connect(config.tracking)
     prepared = prepare(config)
     teacher = load_teacher(config, prepared.student)
     warm_teacher_cache(prepared, teacher)
@@ -506,6 +505,9 @@ def run_search(
     study = open_study(study_name, storage, sampler_seed, pruner, baseline)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
+    # a worker killed mid-study never ended its parent run; its trial is retried by Optuna
+    processes.close_dead_runs(f"tags.optuna_study = '{study_name}' and tags.role = 'search'")
+    tags[processes.PROCESS_TAG] = processes.process_tag()
     with tracking.mlflow_run(config, run_name=study_name, tags=tags) as run:
         mlflow.log_params(search_params(n_trials, timeout, sampler_seed, space))
         study.optimize(

@@ -21,9 +21,13 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
+from qa_distill.data import file_sha256
 from qa_distill.errors import QaDistillError
 from qa_distill.models import input_names
+from qa_distill.processes import remove_stale_temp_dirs
 from qa_distill.progress import Progress
+
+ARRAYS = ("start.npy", "end.npy")
 
 
 class StaleCacheError(QaDistillError):
@@ -129,6 +133,8 @@ def load_or_compute(
         "precision": precision,
     }
     computed = False
+    if path.parent.is_dir():
+        remove_stale_temp_dirs(path.parent)
     if not path.exists():
         # a directory of this process's own, renamed into place whole: a reader never sees a
         # half-written cache, and of two processes computing at once the first rename wins
@@ -136,7 +142,8 @@ def load_or_compute(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        checksums = _checksums(tmp, check_finite=True)
+        (tmp / "meta.json").write_text(json.dumps(meta | {"sha256": checksums}, indent=1))
         try:
             tmp.rename(path)
         except OSError:  # another process got there first: keep its copy
@@ -145,11 +152,27 @@ def load_or_compute(
     return _open(path, meta), computed
 
 
+def _checksums(path: Path, check_finite: bool = False) -> dict[str, str]:
+    """SHA-256 of each array file (about 30 ms per 40 MB); optionally refuse non-finite logits."""
+    if check_finite:
+        for name in ARRAYS:
+            values = np.load(path / name, mmap_mode="r")
+            if not np.isfinite(values).all():
+                raise StaleCacheError(f"the teacher produced non-finite logits ({name}); check the teacher model")
+    return {name: file_sha256(path / name) for name in ARRAYS}
+
+
 def _open(path: Path, expected: dict) -> TeacherLogits:
     try:
         found = json.loads((path / "meta.json").read_text())
+        checksums = found.pop("sha256", None)
         start = np.load(path / "start.npy", mmap_mode="r")
         end = np.load(path / "end.npy", mmap_mode="r")
+        if checksums != _checksums(path):
+            raise StaleCacheError(
+                f"teacher-logits cache {path}: its arrays do not match their checksums (overwritten or "
+                "damaged); delete the directory to recompute"
+            )
     except (OSError, ValueError) as exc:
         raise StaleCacheError(f"teacher-logits cache {path} is unreadable ({exc}); delete it") from exc
     shape = (expected["windows"], expected["max_length"])

@@ -1,6 +1,7 @@
 """MLflow: one run per entry point, metrics from the Trainer, the model as an MLflow model.
 
-A run that raises or is interrupted ends FAILED (MLflow's `start_run` context does that).
+A run that raises ends FAILED (MLflow's `start_run` context does that); lifecycle.py ends an
+interrupted training KILLED and reopens it to resume.
 Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
 """
 
@@ -20,6 +21,8 @@ from transformers import TrainerCallback
 from qa_distill import launched_run
 from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
 from qa_distill.distributed import is_main_process
+
+OUTPUT_DIR_TAG = "qa_distill.output_dir"
 
 
 def setup(config: TrackingConfig) -> str:
@@ -55,32 +58,33 @@ def _artifact_root(uri: str) -> str | None:
 
 @contextmanager
 def mlflow_run(
-    config: RunConfig, run_name: str | None = None, nested: bool = False, tags: dict | None = None
+    config: RunConfig,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun | None]:
-    """An MLflow run with the configuration logged as params; None in the other processes of a
-    distributed launch (torchrun, accelerate launch), which log nothing: one run per launch."""
+    """An MLflow run with the configuration logged as params; `run_id` reopens a run to resume it.
+
+    None in the other processes of a distributed launch (torchrun, accelerate launch), which log
+    nothing: one run per launch."""
     if not is_main_process():
         yield None
         return
     setup(config.tracking)
-    with mlflow.start_run(run_name=run_name or f"{config.recipe}-{config.role}", nested=nested) as run:
-        mlflow.set_tags({"recipe": config.recipe, "role": config.role, **(tags or {})})
-        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+    name = None if run_id else run_name or f"{config.recipe}-{config.role}"
+    # tags given to start_run are written with the run: a process killed a moment later leaves
+    # a run that can still be found by its output directory and role
+    tags = {"recipe": config.recipe, "role": config.role, OUTPUT_DIR_TAG: config.output_dir, **(tags or {})}
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=tags) as run:
+        log_new_params({k: _param(v) for k, v in config.flat().items()})
         yield run
 
 
-def end_orphaned_runs(output_dir: str) -> list[str]:
-    """Mark KILLED the RUNNING runs that wrote into `output_dir` before this one: a process
-    killed outright (SIGKILL, a lost machine) never ends its run, and this run resumes its work."""
-    current = mlflow.active_run().info.run_id
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"params.`run.output_dir` = '{output_dir}' and attributes.status = 'RUNNING'",
-    )
-    orphans = [r for r in runs["run_id"] if r != current] if not runs.empty else []
-    for run_id in orphans:
-        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
-    return orphans
+def log_new_params(params: dict[str, Any]) -> None:
+    """Log the params the active run does not have yet: a resumed run keeps its first values."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 def _param(value: Any) -> str:

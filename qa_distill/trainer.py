@@ -57,8 +57,9 @@ def training_arguments(config: TrainingConfig, output_dir: str, precision: str) 
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         eval_strategy=each_epoch,
-        save_strategy="epoch",
-        save_total_limit=1,
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or 500,
+        save_total_limit=None,  # lifecycle.seal removes older checkpoints once a newer one is complete
         logging_steps=config.logging_steps,
         train_sampling_strategy="group_by_length",
         length_column_name="length",

@@ -35,3 +35,31 @@ def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
     assert load_tracking(str(recipe), "from-option").experiment == "from-option"
     assert load_config(str(recipe), "teacher", experiment="from-option").tracking.experiment == "from-option"
     assert load_config(str(recipe), "teacher").tracking.experiment == "from-recipe"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("distillation.temperature=inf", "distillation.temperature must be a finite number"),
+     ("distillation.temperature=nan", "distillation.temperature must be a finite number"),
+     ("distillation.alpha=nan", r"distillation.alpha must be in \[0, 1\]"),
+     ("training.batch_size=2.5", "training.batch_size: 2.5 is not a whole number"),
+     ("data.train_questions=10.5", "data.train_questions: 10.5 is not a whole number"),
+     ("training.save_minutes=0", "training.save_minutes must be positive"),
+     ("training.learning_rate=.inf", "training.learning_rate must be a finite number")],
+)
+def test_values_that_would_train_wrong_are_refused_naming_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu", "distill", [override])
+
+
+def test_a_whole_float_is_a_whole_number():
+    assert load_config("cpu", "teacher", ["training.batch_size=8.0"]).training.batch_size == 8
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a\\b", ""])
+def test_names_that_become_files_stay_in_their_folder(name):
+    from qa_distill.config import check_name
+
+    with pytest.raises(ConfigError, match="--run-name"):
+        check_name(name, "--run-name")
+    assert check_name("cpu-speed", "--run-name") == "cpu-speed"

@@ -87,3 +87,18 @@ def test_a_directory_without_dev_file(tmp_path):
     _one(tmp_path, [("q", "Who?", [("Ada Lovelace", 0)])])
     with pytest.raises(DataError, match="no dev file"):
         load_split(DataConfig(data=str(tmp_path)), "dev")
+
+
+def test_a_corrected_answer_start_is_reported_with_count_and_shift(tmp_path, caplog):
+    context = "Some words first. The answer is here."
+    path = _one(tmp_path, [("q", "Which?", [("The answer", 25)])], context=context)  # 7 characters off
+    with caplog.at_level("WARNING"):
+        load_split(DataConfig(data=str(path)), "train")
+    assert "moved 1 answer_start values" in caplog.text and "largest shift 7 characters" in caplog.text
+
+
+@pytest.mark.parametrize("start", ["abc", None, 3.5, -1, [1]])
+def test_an_answer_start_that_is_not_an_offset_names_the_question(tmp_path, start):
+    path = _one(tmp_path, [("q-9", "Which?", [("Ada", start)])], context="Ada wrote it.")
+    with pytest.raises(DataError, match=r"question 'q-9' has answer_start .*not a character offset"):
+        load_split(DataConfig(data=str(path)), "train")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from qa_distill.errors import ConfigError
 from qa_distill.losses import distillation_loss
 
 
@@ -93,7 +94,10 @@ def test_gradient_flows_to_the_student_only():
     assert t.grad is None
 
 
-@pytest.mark.parametrize(("temperature", "alpha"), [(0.0, 0.5), (-1.0, 0.5), (2.0, -0.1), (2.0, 1.5)])
+@pytest.mark.parametrize(
+    ("temperature", "alpha"),
+    [(0.0, 0.5), (-1.0, 0.5), (2.0, -0.1), (2.0, 1.5), (float("inf"), 0.5), (float("nan"), 0.5), (2.0, float("nan"))],
+)
 def test_bad_hyperparameters_are_rejected(temperature, alpha):
-    with pytest.raises(ValueError, match="temperature|alpha"):
+    with pytest.raises(ConfigError, match=r"distillation\.(temperature|alpha)"):
         _loss(STUDENT, TEACHER, 0, temperature, alpha)

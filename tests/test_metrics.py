@@ -84,3 +84,17 @@ def test_score_rejects_a_predictions_file_that_is_not_an_object(tmp_path):
 
     with pytest.raises(DataError, match="pred.json"):
         score_files(str(dataset), str(bad))
+
+
+def test_score_with_predictions_for_other_questions(tmp_path, caplog):
+    from qa_distill.errors import DataError
+
+    dataset = write_squad(tmp_path / "gold.json", [("Some text.", [("a", "What?", [("text", 5)])])])
+    predictions = tmp_path / "pred.json"
+    predictions.write_text(json.dumps({"x": "text", "y": "text"}))
+    with pytest.raises(DataError, match="none of its 2 question ids is in"):
+        score_files(str(dataset), str(predictions))
+    predictions.write_text(json.dumps({"a": "text", "y": "text"}))
+    with caplog.at_level("WARNING"):
+        assert score_files(str(dataset), str(predictions))["exact_match"] == 100.0
+    assert "1 of 2 question ids are not in" in caplog.text

@@ -52,6 +52,7 @@ def test_each_backend_gets_its_own_predictor_on_first_use(short_contexts_model):
     [
         ([{"question": 3, "context": "x"}], None, "question of row(s) [0] is not a string"),
         ([{"question": "Who?"}], None, "missing field(s) ['context']: each row needs a question and a context"),
+        ({"question": "Who?", "context": "Ada."}, None, "expected rows of question and context"),
         ([ROW], {"backend": "fp64"}, "unknown backend 'fp64'"),
         ([ROW, {**ROW, "context": "one two three four five six seven eight nine"}], None,
          "context of row 1 has 9 words, over the limit of 8 (model config max_context_words)"),

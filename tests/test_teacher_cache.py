@@ -64,3 +64,33 @@ def test_a_tampered_cache_is_an_error_not_silently_reused(setup, tmp_path):
     (logits.path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(StaleCacheError, match="does not match"):
         load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+
+
+def test_a_cache_overwritten_with_garbage_of_the_same_size_is_refused(setup, tmp_path):
+    teacher, feats = setup
+    fp = model_fingerprint(teacher.model)
+    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    array = logits.path / "end.npy"
+    size = array.stat().st_size
+    with open(array, "r+b") as f:  # keep the .npy header, so the file still loads with its shape
+        f.seek(size - 4096)
+        f.write(np.random.default_rng(0).bytes(4096))
+    assert array.stat().st_size == size
+    with pytest.raises(StaleCacheError, match="checksums"):
+        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+
+
+def test_a_killed_computation_leaves_no_temporary_directory_behind(setup, tmp_path):
+    import subprocess
+    import sys
+
+    teacher, feats = setup
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = tmp_path / "teacher_logits"
+    stale = root / f"abc.tmp-{int(dead.stdout)}"
+    stale.mkdir(parents=True)
+    (stale / "start.npy").write_bytes(b"half")
+    live = root / f"def.tmp-{__import__('os').getpid()}"  # this process: still computing
+    live.mkdir()
+    load_or_compute(tmp_path, teacher.model, model_fingerprint(teacher.model), teacher.tokenizer, feats, 96, "fp32")
+    assert not stale.exists() and live.exists()

@@ -1,0 +1,71 @@
+"""Checks of the machine before compute: the output directory and the MLflow tracking store.
+
+Each failure is one ConfigError line, raised before any data is tokenised or any step trained,
+so a read-only or full disk or a dead tracking server costs seconds, not a training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from qa_distill.config import TrackingConfig, tracking_uri
+from qa_distill.errors import ConfigError
+
+# a checkpoint holds the weights and Adam's two moments; a new one is written before the old is deleted
+CHECKPOINT_COPIES = 2 * 3
+GB = 1024**3
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The deepest part of `path` that exists (the directory a new output dir is created in)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_output_dir(output_dir: str, model_bytes: int) -> None:
+    """The output directory can be created and written, with room for the model and its checkpoints."""
+    target = Path(output_dir)
+    base = _existing_ancestor(target)
+    if not base.is_dir():
+        raise ConfigError(f"output directory {output_dir}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {output_dir}: {base} is not writable (read-only or not ours)")
+    needed = model_bytes * (1 + CHECKPOINT_COPIES)
+    free = shutil.disk_usage(base).free
+    if free < needed:
+        raise ConfigError(
+            f"output directory {output_dir}: {free / GB:.2f} GB free, the model and its checkpoints need "
+            f"about {needed / GB:.2f} GB; free some space or choose another --output-dir"
+        )
+
+
+def connect(config: TrackingConfig, timeout: float = 10.0) -> str:
+    """Point MLflow at the configured store once it answers; returns its URI.
+
+    Called before any `models:/` or `runs:/` source is resolved, so those resolve in the
+    configured store (not in a stray `mlflow.db` in the working directory).
+    """
+    import mlflow
+
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered: reachable (it may not serve /health)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"tracking URI {uri} is not reachable ({reason}); start the server or fix "
+                              "MLFLOW_TRACKING_URI / tracking.tracking_uri") from None
+    mlflow.set_tracking_uri(uri)
+    return uri

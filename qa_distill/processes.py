@@ -1,0 +1,88 @@
+"""Which process is behind a run or a temporary directory, and whether it still lives.
+
+A process killed outright (SIGKILL, a lost machine) ends nothing: its MLflow run stays RUNNING
+and its temporary directories stay on disk. Runs carry the tag `qa_distill.process`
+(host:pid:start time, so a reused pid is not taken for the dead process) and temporary
+directories end in `.tmp-<pid>`; a later process closes or removes what has no live process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import mlflow
+
+log = logging.getLogger(__name__)
+
+PROCESS_TAG = "qa_distill.process"
+
+
+def _start_time(pid: int) -> str:
+    """When the process started (clock ticks since boot), so a reused pid is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def is_alive(tag: str | None) -> bool:
+    """Whether the process a run's tag names still runs; a process on another host counts as alive."""
+    if not tag:
+        return False  # a run from before the tag existed: nothing can still be writing it
+    host, pid, started = tag.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True
+    return pid_alive(int(pid)) and (not started or _start_time(int(pid)) == started)
+
+
+def remove_stale_temp_dirs(folder: Path) -> list[Path]:
+    """Remove `<name>.tmp-<pid>` directories whose process is gone (a computation killed midway)."""
+    stale = []
+    for tmp in folder.glob("*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if tmp.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            stale.append(tmp)
+    if stale:
+        log.warning("removed %d temporary directories left by killed processes in %s", len(stale), folder)
+    return stale
+
+
+def close_dead_runs(filter_string: str, keep: str | None = None) -> tuple[list[str], list[str]]:
+    """End KILLED the RUNNING runs matching `filter_string` whose process is gone.
+
+    Returns (closed, alive) run ids; `keep` (a run about to be resumed) is neither.
+    """
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"{filter_string} and attributes.status = 'RUNNING'"
+    )
+    closed, alive = [], []
+    for _, row in runs.iterrows():
+        if row["run_id"] == keep:
+            continue
+        if is_alive(row.get(f"tags.{PROCESS_TAG}")):
+            alive.append(row["run_id"])
+        else:
+            mlflow.MlflowClient().set_terminated(row["run_id"], "KILLED")
+            closed.append(row["run_id"])
+    if closed:
+        log.warning("marked KILLED %d RUNNING runs whose process is gone: %s", len(closed), closed)
+    return closed, alive

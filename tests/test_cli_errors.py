@@ -1,0 +1,118 @@
+"""Every error a user can cause is one line from the CLI, found before compute; -v adds the traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qa_distill import preflight
+from qa_distill.cli import main
+from qa_distill.config import TrackingConfig
+from qa_distill.errors import ConfigError
+
+WORKTREE = Path(__file__).resolve().parents[1]
+DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("qa-distill")]
+    return line
+
+
+def test_a_config_error_comes_before_the_training_stack_is_imported():
+    code = ("import sys; from qa_distill.cli import main; "
+            "code = main(['distill', '--set', 'distillation.temperature=inf']); "
+            "print(code, 'torch' in sys.modules, 'mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(WORKTREE)})
+    assert out.stdout.split() == ["2", "False", "False"]
+    assert "distillation.temperature must be a finite number > 0, got inf" in out.stderr
+
+
+def test_a_dead_tracking_server_is_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, dev_sample):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", DEAD_SERVER)
+    code = main(["teacher", "--data", str(dev_sample), "--output-dir", str(tmp_path / "out"),
+                 "--set", "model.name=no-such-model"])
+    assert code == 2
+    assert f"tracking URI {DEAD_SERVER} is not reachable" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_directory_under_a_file_or_without_room():
+    blocker = Path(__file__)
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        preflight.check_output_dir(str(blocker / "out"), 1000)
+    with pytest.raises(ConfigError, match="GB free, the model and its checkpoints need"):
+        preflight.check_output_dir("/tmp/qa-distill-never-made", 10**18)
+    preflight.check_output_dir("/tmp/qa-distill-never-made/deeper", 1000)
+    assert not Path("/tmp/qa-distill-never-made").exists()  # checking creates nothing
+
+
+def test_an_output_dir_under_a_file_stops_the_run_before_tokenising(tmp_path, tracking_uri, dev_sample, tiny_bert,
+                                                                      capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["teacher", "--data", str(dev_sample), "--output-dir", str(blocker / "out"),
+                 "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path / 'cache'}"])
+    assert code == 2 and "is a file, not a directory" in _error_line(capsys)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_sqlite_store_in_a_missing_folder_is_refused():
+    with pytest.raises(ConfigError, match="does not exist or is not writable"):
+        preflight.connect(TrackingConfig(tracking_uri="sqlite:////no/such/folder/mlflow.db"))
+
+
+def test_dev_questions_must_be_positive(capsys):
+    for value in ("0", "-5"):
+        with pytest.raises(SystemExit) as stop:
+            main(["evaluate", "--model", "m", "--dev-questions", value])
+        assert stop.value.code == 2
+        assert "--dev-questions: must be > 0" in capsys.readouterr().err
+
+
+def test_a_run_name_cannot_leave_the_results_folder(capsys):
+    assert main(["speedtest", "--run-name", "../../../../x", "--model", "a=b"]) == 2
+    assert "--run-name '../../../../x' must be a plain name" in _error_line(capsys)
+
+
+def test_an_os_error_is_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
+    predictions = tmp_path / "pred.json"
+    predictions.write_text(json.dumps({"a": "b"}))
+    assert main(["score", str(tmp_path), str(predictions)]) == 1  # a directory, not a file
+    assert "Is a directory" in _error_line(capsys)
+    assert main(["-v", "score", str(tmp_path), str(predictions)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_models_uri_resolves_in_the_project_store_from_any_folder(tmp_path, tiny_bert):
+    """Outside the project folder, `models:/` is looked up in the configured store (no stray mlflow.db)."""
+    import mlflow
+
+    from qa_distill.mlflow_model import log_qa_model
+    from qa_distill.tracking import setup
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    setup(TrackingConfig(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
+    with mlflow.start_run():
+        log_qa_model(tiny_bert, "tiny-qa")
+    # a process with no MLFLOW_* settings, in another folder, whose project root is `project`
+    script = (f"import sys, pathlib, qa_distill.config as c; c.PROJECT_ROOT = pathlib.Path({str(project)!r}); "
+              "from qa_distill.cli import main; "
+              "sys.exit(main(['predict', '--model', 'models:/tiny-qa/1', '--question', 'Who?', '--context', 'Ada.']))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(WORKTREE)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "answer" in json.loads(out.stdout.strip().splitlines()[-1])
+    assert not (elsewhere / "mlflow.db").exists()
