@@ -99,6 +99,7 @@ def _recipe_models(recipe: str) -> list[str]:
 def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
 
+    from qa_distill.budgets import speed_stem
     from qa_distill.config import load_tracking, recipe_path
     from qa_distill.speed import run_speedtest
 
@@ -114,11 +115,14 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not models:
             recipe_path(args.recipe)  # a clear error for an unknown recipe
             models = _recipe_models(args.recipe)
+        backends = args.backends.split() if args.backends else None
+        recipe = Path(args.recipe).stem
+        run_name = args.run_name or f"{recipe}-speed"
+        output = speed_stem(recipe, run_name, args.output, models, args.questions, backends)
         table = run_speedtest(
-            models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions,
-            args.backends.split() if args.backends else None, args.threads, args.batch_size, args.output or None,
-            not args.no_hf_baseline, load_tracking(args.recipe, args.experiment),
-            args.run_name or f"{args.recipe}-speed", args.warmup,
+            models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions, backends, args.threads,
+            args.batch_size, str(output), not args.no_hf_baseline, load_tracking(args.recipe, args.experiment),
+            run_name, args.warmup,
         )
     return table.to_dict("records")
 

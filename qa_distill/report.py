@@ -6,12 +6,11 @@ last shown as `distilled`), with its dev EM/F1, training time and what it was tr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 
-from qa_distill.config import RESULTS_DIR, TrackingConfig
+from qa_distill.budgets import check_comparable, report_stem
+from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup
@@ -63,11 +62,14 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
     """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
     experiment_id = setup(tracking)
-    table = results_table(recipe_runs(recipe, experiment_id))
+    runs = recipe_runs(recipe, experiment_id)
+    table = results_table(runs)
     if table.empty:
         raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in experiment "
                           f"{mlflow.get_experiment(experiment_id).name!r} of {mlflow.get_tracking_uri()}")
-    csv, md = write_tables(table, Path(output) if output else RESULTS_DIR / recipe)
+    chosen = runs[runs["run_id"].isin(table["run_id"])]
+    check_comparable(chosen)
+    csv, md = write_tables(table, report_stem(recipe, output, chosen))
     with mlflow.start_run(run_name=f"{recipe}-report"):
         mlflow.set_tags({"recipe": recipe, "role": "report"})
         mlflow.log_artifact(str(csv))

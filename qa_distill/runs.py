@@ -66,6 +66,8 @@ def prepare(config: RunConfig) -> Prepared:
         "dev_questions": len(dev.dataset),
         "train_windows": len(train_features),
         "dev_windows": len(dev_features),
+        "train_fingerprint": train.fingerprint,  # what report compares (qa_distill/budgets.py)
+        "dev_fingerprint": dev.fingerprint,
         **{f"train_{k}": v for k, v in train.skipped.items()},
         **{f"dev_{k}": v for k, v in dev.skipped.items()},
     }
