@@ -16,10 +16,10 @@ from qa_distill.errors import QaDistillError
 MODEL_SOURCES = "local dir, hub name, runs:/<id>/model or models:/<name>/<version>"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, output_help: str = "where the model is saved") -> None:
     parser.add_argument("--recipe", default="cpu", help="recipe name from experiments/ (cpu, paper) or a YAML file")
     parser.add_argument("--data", default=None, help="hub dataset name, or a local directory / SQuAD JSON file")
-    parser.add_argument("--output-dir", default=None, help="where the model is saved (default outputs/<recipe>/<role>)")
+    parser.add_argument("--output-dir", default=None, help=f"{output_help} (default outputs/<recipe>/<role>)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override any recipe value, e.g. --set training.epochs=1 (repeatable; several may be "
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "the recipe's chain (teacher, student, distill, speedtest, report) as child runs of one run"
     p = sub.add_parser("main", help=text, description=text + "; finished steps are reused, unfinished ones continued")
-    _common(p)
+    _common(p, "root of the steps' output directories")
     p.add_argument("--results-dir", default="", help="where speedtest and report write their tables "
                    "(default experiments/results)")
     p.add_argument("--speed-questions", type=int, default=1000, help="dev questions of the speed test")
