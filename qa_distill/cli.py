@@ -17,10 +17,10 @@ from qa_distill.errors import Interrupted, QaDistillError
 MODEL_SOURCES = "local dir, hub name, runs:/<id>/model or models:/<name>/<version>"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, output_help: str = "where the model is saved") -> None:
     parser.add_argument("--recipe", default="cpu", help="recipe name from experiments/ (cpu, paper) or a YAML file")
     parser.add_argument("--data", default=None, help="hub dataset name, or a local directory / SQuAD JSON file")
-    parser.add_argument("--output-dir", default=None, help="where the model is saved (default outputs/<recipe>/<role>)")
+    parser.add_argument("--output-dir", default=None, help=f"{output_help} (default outputs/<recipe>/<role>)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override any recipe value, e.g. --set training.epochs=1 (repeatable; several may be "
@@ -125,9 +125,10 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
 
     from qa_distill import preflight
+    from qa_distill.budgets import speed_stem
     from qa_distill.config import load_tracking, recipe_path
 
-    run_name = check_name(args.run_name or f"{args.recipe}-speed", "--run-name")
+    run_name = check_name(args.run_name or f"{Path(args.recipe).stem}-speed", "--run-name")
     tracking = load_tracking(args.recipe, args.experiment)
     preflight.connect(tracking)
     from qa_distill.speed import run_speedtest
@@ -144,10 +145,11 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not models:
             recipe_path(args.recipe)  # a clear error for an unknown recipe
             models = _recipe_models(args.recipe)
+        backends = args.backends.split() if args.backends else None
+        output = speed_stem(Path(args.recipe).stem, run_name, args.output, models, args.questions, backends)
         table = run_speedtest(
-            models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions,
-            args.backends.split() if args.backends else None, args.threads, args.batch_size, args.output or None,
-            not args.no_hf_baseline, tracking, run_name, args.warmup,
+            models, args.dev_json or str(DEFAULT_DEV_JSON), args.questions, backends, args.threads,
+            args.batch_size, str(output), not args.no_hf_baseline, tracking, run_name, args.warmup,
         )
     return table.to_dict("records")
 
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "the recipe's chain (teacher, student, distill, speedtest, report) as child runs of one run"
     p = sub.add_parser("main", help=text, description=text + "; finished steps are reused, unfinished ones continued")
-    _common(p)
+    _common(p, "root of the steps' output directories")
     p.add_argument("--results-dir", default="", help="where speedtest and report write their tables "
                    "(default experiments/results)")
     p.add_argument("--speed-questions", type=int, default=1000, help="dev questions of the speed test")

@@ -7,12 +7,11 @@ beside them the p50 latency per backend that the speed test tagged its registere
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 
-from qa_distill.config import RESULTS_DIR, TrackingConfig
+from qa_distill.budgets import check_comparable, report_stem
+from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
 from qa_distill.registry import with_latency
 from qa_distill.tables import write_tables
@@ -65,11 +64,14 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
     """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
     experiment_id = setup(tracking)
-    table = with_latency(results_table(recipe_runs(recipe, experiment_id)))
+    runs = recipe_runs(recipe, experiment_id)
+    table = with_latency(results_table(runs))
     if table.empty:
         raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in experiment "
                           f"{mlflow.get_experiment(experiment_id).name!r} of {mlflow.get_tracking_uri()}")
-    csv, md = write_tables(table, Path(output) if output else RESULTS_DIR / recipe)
+    chosen = runs[runs["run_id"].isin(table["run_id"])]
+    check_comparable(chosen)
+    csv, md = write_tables(table, report_stem(recipe, output, chosen))
     with mlflow.start_run(run_name=f"{recipe}-report"):
         mlflow.set_tags({"recipe": recipe, "role": "report"})
         mlflow.log_artifact(str(csv))

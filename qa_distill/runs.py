@@ -69,12 +69,12 @@ def prepare(config: RunConfig) -> Prepared:
     notes = {
         "train_source": train.source,
         "dev_source": dev.source,
-        "train_fingerprint": train.fingerprint,
-        "dev_fingerprint": dev.fingerprint,
         "train_questions": len(train.dataset),
         "dev_questions": len(dev.dataset),
         "train_windows": len(train_features),
         "dev_windows": len(dev_features),
+        "train_fingerprint": train.fingerprint,  # what report compares (qa_distill/budgets.py)
+        "dev_fingerprint": dev.fingerprint,
         **{f"train_{k}": v for k, v in train.skipped.items()},
         **{f"dev_{k}": v for k, v in dev.skipped.items()},
     }

@@ -49,14 +49,13 @@ from mlflow.utils.mlflow_tags import (
 from qa_distill import tracking
 from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, load_config, load_tracking, recipe_path
 from qa_distill.data import data_fingerprint
+from qa_distill.report import ROLE_NAMES
 
 log = logging.getLogger(__name__)
 
 STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks runs up by
 STEP = "qa_distill.step"  # tag: the step's entry point
 _TEACHER_LATER = "models:/(the teacher step's model)"  # lets the distill config validate up front
-# the speed test's and report's names of the trained roles
-MODEL_NAMES = {"teacher": "teacher", "student": "student", "distill": "distilled"}
 
 
 @dataclass(frozen=True)
@@ -179,12 +178,11 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
         parent = MlflowClient().get_run(active.info.run_id)
         experiment = MlflowClient().get_experiment(parent.info.experiment_id).name
 
-        def run(step: Step) -> StepResult:
+        def run(step: Step) -> None:
             result = run_step(step, inputs, parent, f"{name}-{step.entry_point}")
             mlflow.set_tags({f"step.{step.entry_point}.run_id": result.run_id,
                              f"step.{step.entry_point}.action": result.action})
             results[step.entry_point] = result
-            return result
 
         def model_uri(role: str) -> str:
             return exact_model_uri(results[role].run_id, configs[role].registered_name)
@@ -196,7 +194,7 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
         run(training("teacher"))
         run(training("student"))
         run(training("distill", teacher=model_uri("teacher")))
-        models = " ".join(f"{MODEL_NAMES[role]}={model_uri(role)}" for role in ROLES)
+        models = " ".join(f"{ROLE_NAMES[role]}={model_uri(role)}" for role in ROLES)
         mlflow.set_tag("speedtest.models", models)
         results_stem = Path(wf.results_dir).resolve() / name if wf.results_dir else None
         run(Step("speedtest", {

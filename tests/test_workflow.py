@@ -148,3 +148,19 @@ def test_main_rejects_bad_input_before_any_run(tracking_uri, tmp_path, capsys):
     assert cli_main(["main", "--recipe", str(TINY), "--set", "training.epochs=0"]) == 2
     assert "training.epochs" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run started
+
+
+@pytest.mark.slow
+def test_mlflow_run_of_one_entry_point_lands_in_the_project_experiment(tracking_uri, tmp_path, dev_sample):
+    dev = dev_sample / "dev-sample.json"
+    ids = [q["id"] for article in json.loads(dev.read_text())["data"] for p in article["paragraphs"] for q in p["qas"]]
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps(dict.fromkeys(ids, "Denver Broncos")))
+    result = _mlflow_run(
+        tracking_uri, tmp_path, "-e", "score", "-P", f"dataset={dev}", "-P", f"predictions={predictions}"
+    )
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("qa-distill").experiment_id])
+    assert run.data.tags["role"] == "score" and run.data.metrics["f1"] == result["f1"]
+    (stub,) = client.search_runs(["0"])
+    assert stub.data.tags[MOVED_TO] == run.info.run_id
