@@ -8,8 +8,10 @@ from transformers import TrainerCallback
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig, load_config
+from qa_distill.data import load_split
 from qa_distill.evaluate import evaluate_model
 from qa_distill.runs import run_distill, run_finetune
+from qa_distill.saved_model import SavedSettings, read_settings
 
 from .conftest import write_squad
 
@@ -27,7 +29,8 @@ def _run(run_id):
 
 
 def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path, tracking_uri, dev_sample, tiny_bert):
-    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
+    answer_settings = ["training.n_best=10", "training.max_answer_length=5"]  # not the defaults
+    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, *answer_settings))
     run = _run(result["run_id"])
     assert run.info.status == "FINISHED"
     for key in ("exact_match", "f1", "train_seconds", "train_loss", "train_windows_per_second"):
@@ -39,12 +42,15 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     assert "predictions.json" in artifacts
     predictions = json.loads((tmp_path / "teacher" / "predictions.json").read_text())
     assert len(predictions) == run.data.metrics["dev_questions"]
+    assert read_settings(tmp_path / "teacher") == SavedSettings(96, 32, 10, 5)
+    # the registered MLflow model answers dev questions as the training evaluation did
     model = mlflow.pyfunc.load_model("models:/qa-distill-cpu-teacher/latest")
-    context = "The Broncos won Super Bowl 50 in Santa Clara."
-    answer = model.predict([{"question": "Who won?", "context": context}])[0]
-    assert isinstance(answer, str) and answer in context
+    dev = load_split(DataConfig(data=str(dev_sample)), "dev").dataset.select(range(6))
+    answers = model.predict([{"question": r["question"], "context": r["context"]} for r in dev])
+    assert answers == [predictions[r["id"]] for r in dev] and all(answers)
     assert not list((tmp_path / "teacher").glob("checkpoint-*"))  # only the final model stays
-    # scoring the saved model again outside training gives the same answers and scores
+    # scoring the saved model again outside training gives the same answers and scores (with the
+    # run's n_best and max_answer_length, saved with the model)
     again = evaluate_model(str(tmp_path / "teacher"), DataConfig(data=str(dev_sample)))
     assert again["predictions"] == predictions
     assert again["f1"] == pytest.approx(run.data.metrics["f1"])
