@@ -81,7 +81,7 @@ def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
     # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
     # here it must answer everything, and not be noise (half the answers the same as fp32).
     int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
-    assert len(int8) == len(questions) and all(isinstance(a, str) for a in int8)
+    assert all(a and a in q["context"] for a, q in zip(int8, questions, strict=True))
     assert _same(int8, fp32_answers) >= len(questions) / 2
 
 
@@ -286,8 +286,9 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     )
     assert "token_type_ids" not in predictor.input_names
     q = questions[0]
-    assert isinstance(predictor.answer(q["question"], q["context"]), str)
-    assert isinstance(speed.HFPipelineBaseline(path).answer(q["question"], q["context"]), str)
+    for answerer in (predictor, speed.HFPipelineBaseline(path)):
+        answer = answerer.answer(q["question"], q["context"])
+        assert answer and answer in q["context"]
     with pytest.raises(ConfigError, match="roberta-base"):
         speed.random_weight_model("roberta-base", tmp_path / "roberta")
 
