@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +16,9 @@ from qa_distill.config import DataConfig
 from qa_distill.data import load_split
 from qa_distill.metrics import squad_scores
 from qa_distill.models import load_tokenizer
-from qa_distill.saved_model import SavedSettings, save_settings
+from qa_distill.saved_model import SavedSettings
 
-from .conftest import write_squad
+from .conftest import one_token_texts, saved_with, write_squad
 
 RECIPE = str(Path(__file__).parent / "recipes" / "layers.yaml")
 CONTEXT = "Ada Lovelace wrote the first program in 1843."
@@ -78,16 +77,18 @@ def test_score_refuses_a_file_that_is_not_squad(tmp_path, capsys):
     assert code == 2 and "d.json: not SQuAD JSON" in one_error(err, "score")
 
 
-def test_evaluate_scores_a_seeded_subset_and_writes_its_answers(tiny_bert, dev_sample, tmp_path, capsys):
+def test_evaluate_scores_a_seeded_subset_with_the_models_saved_answer_limit(tiny_bert, dev_sample, tmp_path, capsys):
+    model = saved_with(tiny_bert, tmp_path / "one-token", SavedSettings(n_best=100, max_answer_length=1))
     written = tmp_path / "answers.json"
-    code, out, err = run(capsys, "evaluate", "--model", tiny_bert, "--data", str(dev_sample),
+    code, out, err = run(capsys, "evaluate", "--model", model, "--data", str(dev_sample),
                          "--dev-questions", "5", "--predictions", str(written))
     assert code == 0
     result = json.loads(out)
     answers = json.loads(written.read_text())
     subset = load_split(DataConfig(data=str(dev_sample), dev_questions=5), "dev").dataset
     assert set(answers) == set(subset["id"]) and result["dev_questions"] == 5
-    assert all(answers[row["id"]] and answers[row["id"]] in row["context"] for row in subset)
+    tokenizer = load_tokenizer(tiny_bert)
+    assert all(answers[row["id"]] in one_token_texts(tokenizer, row["context"]) for row in subset)
     gold = {row["id"]: row["answers"]["text"] for row in subset}
     assert {k: result[k] for k in ("exact_match", "f1")} == squad_scores(gold, answers)
 
@@ -124,16 +125,11 @@ def test_evaluate_with_a_missing_model_fails_in_one_line_and_v_logs_progress(tmp
     assert "no-model" in one_error(err, "evaluate")
 
 
-def test_predict_answers_with_a_span_of_the_context_under_the_models_saved_limit(tiny_bert, tmp_path, capsys):
-    model = tmp_path / "one-token"
-    shutil.copytree(tiny_bert, model)
-    save_settings(model, SavedSettings(n_best=100, max_answer_length=1))
-    code, out, err = run(capsys, "predict", "--model", str(model), "--question", "Who wrote it?",
-                         "--context", CONTEXT)
+def test_predict_answers_with_a_span_of_the_context(tiny_bert, capsys):
+    code, out, err = run(capsys, "predict", "--model", tiny_bert, "--question", "Who wrote it?", "--context", CONTEXT)
     assert code == 0
     (answer,) = json.loads(out).values()
-    offsets = load_tokenizer(tiny_bert)(CONTEXT, return_offsets_mapping=True)["offset_mapping"]
-    assert answer in {CONTEXT[a:b] for a, b in offsets if b > a}  # one token of the context
+    assert answer and answer in CONTEXT
 
 
 def test_predict_with_a_missing_model_fails_in_one_line(tmp_path, capsys):

@@ -49,6 +49,7 @@ def test_n_best_larger_than_the_window_is_fine(n_best):
     assert postprocess({"q": "red fox"}, ["q"], OFFSETS, start, start, n_best=n_best)["q"] == "red"
 
 
+@pytest.mark.slow
 def test_oracle_logits_on_the_official_dev_set_score_above_99_5():
     """Gold answers turned into logits, through the real windows, post-processing and metric."""
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

@@ -1,6 +1,7 @@
 """End to end on tiny models: fine-tune and distill runs, MLflow records, bad input, resume."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -15,19 +16,19 @@ from qa_distill.saved_model import SavedSettings, read_settings
 
 from .conftest import write_squad
 
-TINY = ["data.max_length=96", "data.doc_stride=32", "training.epochs=2", "training.batch_size=8",
-        "training.eval_batch_size=32", "training.precision=fp32", "training.logging_steps=5"]
+RECIPE = str(Path(__file__).parent / "recipes" / "runs.yaml")
 
 
 def _config(role, model, data, tmp_path, *extra, **explicit):
-    overrides = [*TINY, f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config("cpu", role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
+    overrides = [f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    return load_config(RECIPE, role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
 
 
 def _run(run_id):
     return mlflow.MlflowClient().get_run(run_id)
 
 
+@pytest.mark.slow
 def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path, tracking_uri, dev_sample, tiny_bert):
     answer_settings = ["training.n_best=10", "training.max_answer_length=5"]  # not the defaults
     result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, *answer_settings))
@@ -44,7 +45,7 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     assert len(predictions) == run.data.metrics["dev_questions"]
     assert read_settings(tmp_path / "teacher") == SavedSettings(96, 32, 10, 5)
     # the registered MLflow model answers dev questions as the training evaluation did
-    model = mlflow.pyfunc.load_model("models:/qa-distill-cpu-teacher/latest")
+    model = mlflow.pyfunc.load_model("models:/qa-distill-runs-teacher/latest")
     dev = load_split(DataConfig(data=str(dev_sample)), "dev").dataset.select(range(6))
     answers = model.predict([{"question": r["question"], "context": r["context"]} for r in dev])
     assert answers == [predictions[r["id"]] for r in dev] and all(answers)
@@ -56,6 +57,7 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     assert again["f1"] == pytest.approx(run.data.metrics["f1"])
 
 
+@pytest.mark.slow
 def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
     tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
 ):
@@ -74,6 +76,7 @@ def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
     assert fly["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_teacher_from_an_mlflow_uri(tmp_path, tracking_uri, dev_sample, tiny_bert):
     teacher = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.epochs=1"))
     config = _config("distill", tiny_bert, dev_sample, tmp_path, "model.layer_stride=2",
@@ -89,7 +92,7 @@ def _runs_in_store() -> int:
 def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri, tiny_bert, capsys):
     bad = write_squad(tmp_path / "train-bad.json", [("Some context.", [("q-7", "What?", [])])])
     out = tmp_path / "never"
-    code = main(["teacher", "--recipe", "cpu", "--data", str(bad), "--output-dir", str(out),
+    code = main(["teacher", "--recipe", RECIPE, "--data", str(bad), "--output-dir", str(out),
                  "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
@@ -99,17 +102,18 @@ def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri
     assert _runs_in_store() == 0
 
 
+@pytest.mark.slow
 def test_a_cased_teacher_is_refused_before_training(tmp_path, tracking_uri, dev_sample, tiny_bert, capsys):
     from transformers import AutoModelForQuestionAnswering, BertTokenizerFast
 
     cased = tmp_path / "cased-teacher"
     AutoModelForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(cased)
-    vocab = str(next(iter(__import__("pathlib").Path(tiny_bert).glob("tokenizer.json"))))
+    vocab = str(next(iter(Path(tiny_bert).glob("tokenizer.json"))))
     tok = BertTokenizerFast(tokenizer_file=vocab, do_lower_case=False)
     tok.backend_tokenizer.normalizer = __import__("tokenizers").normalizers.BertNormalizer(lowercase=False)
     tok.save_pretrained(cased)
-    code = main(["distill", "--recipe", "cpu", "--data", str(dev_sample), "--teacher", str(cased),
-                 "--output-dir", str(tmp_path / "d"), "--set", " ".join([*TINY, f"model.name={tiny_bert}"])])
+    code = main(["distill", "--recipe", RECIPE, "--data", str(dev_sample), "--teacher", str(cased),
+                 "--output-dir", str(tmp_path / "d"), "--set", f"model.name={tiny_bert}"])
     assert code == 2
     assert "lower-casing" in capsys.readouterr().err
     mlflow.set_tracking_uri(tracking_uri)
@@ -121,6 +125,7 @@ class _KillAfterFirstSave(TrainerCallback):
         raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_marked_and_the_next_one_resumes(tmp_path, tracking_uri, dev_sample, tiny_bert):
     config = _config("teacher", tiny_bert, dev_sample, tmp_path)
     with pytest.raises(KeyboardInterrupt):
@@ -138,6 +143,7 @@ def test_a_killed_run_is_marked_and_the_next_one_resumes(tmp_path, tracking_uri,
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")) == 1
 
 
+@pytest.mark.slow
 def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, dev_sample, tiny_bert):
     class Boom(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

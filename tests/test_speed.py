@@ -110,6 +110,7 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
     return str(out), speed.load_questions(str(dev_sample / "train-sample.json"), len(split.dataset))
 
 
+@pytest.mark.slow
 def test_fast_backends_keep_a_trained_models_f1(trained):
     path, questions = trained
     gold = {q["id"]: q["answers"] for q in questions}
@@ -216,6 +217,7 @@ def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
     assert first[header.index("p50_ms")] == f"{table['p50_ms'][0]:.2f}"
 
 
+@pytest.mark.slow
 def test_run_speedtest_logs_one_run(tiny_model, tmp_path, monkeypatch, tracking_uri):
     mlflow.set_tracking_uri(tracking_uri)  # an experiment with artifacts in tmp_path, not mlruns/
     mlflow.create_experiment("speed-test", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -277,6 +279,7 @@ def test_parse_models():
     assert speed.parse_models(["runs:/abc/model"]) == {"model": "runs:/abc/model"}
 
 
+@pytest.mark.slow
 def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     path = speed.random_weight_model("distilbert-base-uncased", tmp_path / "distilbert")
     predictor = QAPredictor(path)
