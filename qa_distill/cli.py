@@ -34,8 +34,12 @@ def _experiment(parser: argparse.ArgumentParser) -> None:
                         "tracking.experiment, qa-distill)")
 
 
-def _distill_args(parser: argparse.ArgumentParser) -> None:
+def _teacher_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None, help=MODEL_SOURCES)
+
+
+def _distill_args(parser: argparse.ArgumentParser) -> None:
+    _teacher_arg(parser)
     parser.add_argument("--temperature", default=None, help="softmax temperature T (> 0)")
     parser.add_argument("--alpha", default=None, help="weight of the soft loss, in [0, 1]")
 
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="Optuna study over temperature and alpha of the distill run")
     _common(p)
-    p.add_argument("--teacher", default=None, help=MODEL_SOURCES)
+    _teacher_arg(p)
     p.add_argument("--study-name", default="", help="Optuna study name (default distill-<recipe>); reuse it to resume")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default SQLite in the output dir); "
                    "postgresql://... lets several workers share one study")

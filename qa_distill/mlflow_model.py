@@ -116,8 +116,3 @@ def log_qa_model(
     )
     return info.model_uri
 
-
-def hf_model_dir(downloaded: Path) -> Path | None:
-    """Where the HF files are inside a downloaded MLflow model (ours, or any dir with config)."""
-    candidates = [downloaded, *sorted((downloaded / "artifacts").glob("*"))]
-    return next((c for c in candidates if (c / "config.json").exists()), None)

@@ -27,6 +27,7 @@ from transformers import (
 
 from qa_distill.errors import ModelError
 from qa_distill.features import require_fast
+from qa_distill.saved_model import hf_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def _packaged_model(source: str) -> str:
 def _download_mlflow_model(uri: str) -> str:
     """Download an MLflow model of ours and return the directory of its HF files."""
     import mlflow
-
-    from qa_distill.mlflow_model import hf_model_dir
 
     _require_trained(uri)
     try:

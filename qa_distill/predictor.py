@@ -17,9 +17,7 @@ attention mask where a batch has no padding.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,18 +28,8 @@ from qa_distill.features import context_offsets, encode_windows
 from qa_distill.models import input_names, load_qa_model, resolve_source
 from qa_distill.postprocess import pad_offsets, postprocess
 from qa_distill.quantize import quantize_int8
+from qa_distill.saved_model import read_settings
 from qa_distill.tracing import trace_logits
-
-WINDOW_SETTINGS = "qa_distill.json"  # saved beside a model: the windows it was trained on
-
-
-def window_settings(model_dir: str | Path, default: tuple[int, int] = (384, 128)) -> tuple[int, int]:
-    """The (max_length, doc_stride) a model was trained with, if it says; else the default."""
-    path = Path(model_dir) / WINDOW_SETTINGS
-    if path.exists():
-        saved = json.loads(path.read_text())
-        return int(saved["max_length"]), int(saved["doc_stride"])
-    return default
 
 
 class QAPredictor:
@@ -54,17 +42,20 @@ class QAPredictor:
         max_length: int | None = None,
         doc_stride: int | None = None,
         batch_size: int = 32,
-        n_best: int = 20,
-        max_answer_length: int = 30,
+        n_best: int | None = None,
+        max_answer_length: int | None = None,
     ) -> None:
+        """Window and answer settings left None are the ones saved with the model (`saved_model`)."""
         if backend not in BACKENDS:
             raise ModelError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
         path = resolve_source(source)
         self.source, self.backend = source, backend
-        saved_length, saved_stride = window_settings(path)
-        self.max_length = max_length or saved_length
-        self.doc_stride = doc_stride or saved_stride
-        self.batch_size, self.n_best, self.max_answer_length = batch_size, n_best, max_answer_length
+        saved = read_settings(path)
+        self.max_length = max_length or saved.max_length
+        self.doc_stride = doc_stride or saved.doc_stride
+        self.n_best = n_best or saved.n_best
+        self.max_answer_length = max_answer_length or saved.max_answer_length
+        self.batch_size = batch_size
         loaded = load_qa_model(path)
         model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
         self.params = sum(p.numel() for p in model.parameters())

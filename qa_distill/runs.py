@@ -27,8 +27,8 @@ from qa_distill.distributed import is_main_process, main_process_first, world_si
 from qa_distill.features import build_features, cache_dir, group_by_length
 from qa_distill.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
-from qa_distill.predictor import WINDOW_SETTINGS
 from qa_distill.progress import ProgressCallback, announce
+from qa_distill.saved_model import SavedSettings, save_settings
 from qa_distill.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
@@ -148,8 +148,7 @@ def _train_and_log(
     if not main:
         return metrics
     mlflow.log_metrics(metrics)
-    d = p.config.data
-    (out / WINDOW_SETTINGS).write_text(json.dumps({"max_length": d.max_length, "doc_stride": d.doc_stride}))
+    save_settings(out, SavedSettings.of(p.config))
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
     (out / "predictions.json").write_text(json.dumps(trainer.predictions))

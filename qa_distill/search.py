@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from optuna.distributions import BaseDistribution
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.samplers import BaseSampler, TPESampler
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -168,7 +168,10 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             client.set_terminated(run_id, "FAILED")
         except MlflowException as exc:  # a run in another tracking store: Optuna still retries
             log.warning("cannot end MLflow run %s of stale trial %d: %s", run_id, trial.number, exc)
-    RetryFailedTrialCallback(max_retry=1)(study, trial)
+    with warnings.catch_warnings():  # Optuna's maintained retry policy, still marked experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+    retry(study, trial)
 
 
 def rdb_storage(url: str, attempts: int = 3) -> RDBStorage:

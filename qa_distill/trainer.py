@@ -24,13 +24,18 @@ from qa_distill.postprocess import pad_offsets, postprocess
 from qa_distill.teacher_cache import TeacherLogits, teacher_forward
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto`: bf16 where the hardware runs it natively, else fp32 (fp16 only when asked)."""
+def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:
+    """`auto`: bf16 where the hardware runs it natively, else fp32 (fp16 only when asked).
+
+    `cpu_has_bf16` None asks the CPU's flags (on AVX2-only CPUs bf16 runs many times slower).
+    """
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "fp32"
+    if cpu_has_bf16 is None:
+        cpu_has_bf16 = _cpu_has_bf16()
+    return "bf16" if torch.backends.mkldnn.is_available() and cpu_has_bf16 else "fp32"
 
 
 def _cpu_has_bf16() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,21 @@ def write_squad(path: Path, paragraphs: list[tuple[str, list[tuple[str, str, lis
     ]
     path.write_text(json.dumps({"version": "1.1", "data": data}))
     return path
+
+
+def saved_with(model: str, out: Path, settings) -> str:
+    """A copy of `model` in `out` whose saved window and answer settings are `settings`."""
+    from qa_distill.saved_model import save_settings
+
+    shutil.copytree(model, out)
+    save_settings(out, settings)
+    return str(out)
+
+
+def one_token_texts(tokenizer, context: str) -> set[str]:
+    """Every answer a one-token span of `context` can give."""
+    offsets = tokenizer(context, return_offsets_mapping=True)["offset_mapping"]
+    return {context[a:b] for a, b in offsets if b > a}
 
 
 @pytest.fixture(scope="session")

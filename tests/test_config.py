@@ -1,28 +1,88 @@
-"""Recipes plus command-line overrides become typed configuration, or a clear error."""
+"""Recipes plus command-line overrides become typed configuration, or a clear error.
+
+The layers, each winning over the one before: dataclass defaults, the recipe's shared sections,
+the recipe's section for the role, `section.key=value` overrides, explicit arguments.
+"""
+
+from pathlib import Path
 
 import pytest
 
-from qa_distill.config import load_config
+from qa_distill.config import PROJECT_ROOT, load_config, parse_overrides
 from qa_distill.errors import ConfigError
+
+RECIPE = str(Path(__file__).parent / "recipes" / "layers.yaml")
+
+
+def test_the_recipe_wins_over_the_defaults_and_the_role_section_over_the_recipe():
+    teacher = load_config(RECIPE, "teacher")
+    assert (teacher.recipe, teacher.role) == ("layers", "teacher")
+    assert (teacher.data.max_length, teacher.data.doc_stride) == (256, 128)  # recipe; default
+    assert teacher.training.epochs == 3.0  # recipe over the default 2.0
+    assert teacher.training.learning_rate == 5e-5  # the teacher section over the recipe's 1e-4
+    assert (teacher.distillation.temperature, teacher.distillation.alpha) == (2.0, 0.2)
+    distill = load_config(RECIPE, "distill")
+    assert (distill.training.epochs, distill.training.learning_rate) == (4.0, 1e-4)
+    assert (distill.distillation.temperature, distill.distillation.alpha) == (3.0, 0.3)
+
+
+def test_an_override_wins_over_the_role_section():
+    config = load_config(RECIPE, "distill", ["distillation.temperature=4", "training.epochs=5"])
+    assert (config.distillation.temperature, config.training.epochs) == (4.0, 5.0)
+    assert config.distillation.alpha == 0.3  # not overridden: the role section's
+
+
+def test_an_explicit_argument_wins_over_an_override():
+    overrides = ["distillation.temperature=4", "distillation.alpha=0.4", "distillation.teacher=override-teacher",
+                 "data.data=override-data"]
+    config = load_config(RECIPE, "distill", overrides, temperature=5, alpha="0.6", teacher="argument-teacher",
+                         data="argument-data", output_dir="/elsewhere/distill")
+    k = config.distillation
+    assert (k.temperature, k.alpha, k.teacher) == (5.0, 0.6, "argument-teacher")
+    assert (config.data.data, config.output_dir) == ("argument-data", "/elsewhere/distill")
+
+
+def test_an_empty_explicit_argument_leaves_the_layers_below():
+    config = load_config(RECIPE, "distill", ["distillation.alpha=0.4"], temperature=None, alpha="", teacher="",
+                         data=None, output_dir=None)
+    k = config.distillation
+    assert (k.temperature, k.alpha, k.teacher) == (3.0, 0.4, "recipe-teacher")
+    assert config.data.data == str(PROJECT_ROOT / "tests" / "squad-sample")  # the recipe's, made absolute
+    assert config.output_dir == str(PROJECT_ROOT / "outputs" / "layers" / "distill")
 
 
 def test_overrides_take_each_field_type():
     # YAML reads "3e-4" (no dot) as a string: the field's type must still make it a float.
     config = load_config(
-        "cpu", "teacher", ["training.learning_rate=3e-4", "training.epochs=2", "data.train_questions=500"]
+        RECIPE, "teacher", ["training.learning_rate=3e-4", "training.epochs=2", "data.train_questions=500"]
     )
     assert config.training.learning_rate == 3e-4 and isinstance(config.training.learning_rate, float)
     assert config.training.epochs == 2.0 and isinstance(config.training.epochs, float)
     assert config.data.train_questions == 500
 
 
+def test_override_strings_split_on_whitespace_and_values_parse_as_yaml():
+    assert parse_overrides("training.epochs=1 data.cache_dir= model.name=a=b") == {
+        "training": {"epochs": 1}, "data": {"cache_dir": None}, "model": {"name": "a=b"}
+    }
+    assert parse_overrides(["training.eval_each_epoch=false"]) == {"training": {"eval_each_epoch": False}}
+
+
+@pytest.mark.parametrize("override", ["training.epochs", "epochs=1"])
+def test_an_override_without_section_key_and_value_says_the_form(override):
+    with pytest.raises(ConfigError, match=rf"override '{override}': expected section.key=value"):
+        parse_overrides([override])
+
+
 @pytest.mark.parametrize(
     "override, message",
-    [("training.learning_rate=fast", "training.learning_rate"), ("training.batch_size=1.5x", "training.batch_size")],
+    [("training.learning_rate=fast", "training.learning_rate"), ("training.batch_size=1.5x", "training.batch_size"),
+     ("training.epoch=1", r"override: unknown setting training.epoch"),
+     ("train.epochs=1", r"override: unknown section 'train'")],
 )
-def test_a_value_of_the_wrong_type_names_its_field(override, message):
+def test_a_bad_override_names_its_field(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("cpu", "teacher", [override])
+        load_config(RECIPE, "teacher", [override])
 
 
 def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
@@ -49,11 +109,11 @@ def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
 )
 def test_values_that_would_train_wrong_are_refused_naming_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("cpu", "distill", [override])
+        load_config(RECIPE, "distill", [override])
 
 
 def test_a_whole_float_is_a_whole_number():
-    assert load_config("cpu", "teacher", ["training.batch_size=8.0"]).training.batch_size == 8
+    assert load_config(RECIPE, "teacher", ["training.batch_size=8.0"]).training.batch_size == 8
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a\\b", ""])
@@ -63,3 +123,18 @@ def test_names_that_become_files_stay_in_their_folder(name):
     with pytest.raises(ConfigError, match="--run-name"):
         check_name(name, "--run-name")
     assert check_name("cpu-speed", "--run-name") == "cpu-speed"
+
+
+def test_a_bad_key_in_a_role_section_names_the_file_and_the_role(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("distill:\n  training:\n    epoch: 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml \[distill\]: unknown setting training\.epoch"):
+        load_config(str(recipe), "distill", teacher="t")
+    load_config(str(recipe), "teacher")  # another role never reads that section
+
+
+def test_unknown_recipe_and_role_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"unknown recipe 'no-such-recipe': expected one of \[.*'cpu'"):
+        load_config("no-such-recipe", "teacher")
+    with pytest.raises(ConfigError, match="unknown role 'tutor'"):
+        load_config(RECIPE, "tutor")

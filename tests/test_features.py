@@ -21,23 +21,34 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
-def test_train_labels_cover_the_answer_or_point_at_cls(dev_sample, tmp_path):
+def test_train_labels_cover_the_windows_own_answer_or_point_at_cls(dev_sample, tmp_path):
     tok = _tokenizer()
     split = load_split(DataConfig(data=str(dev_sample)), "train")
     feats = build_features(split, tok, max_length=96, doc_stride=32, kind="train", cache=str(tmp_path))
+    # eval windows are the same windows in the same order, and say which question each is for
+    questions = build_features(split, tok, max_length=96, doc_stride=32, kind="eval", cache=str(tmp_path))
     assert len(feats) > len(split.dataset)  # long contexts give several windows
+    assert feats["input_ids"] == questions["input_ids"]
     by_id = {r["id"]: r for r in split.dataset}
-    answers = [_plain(r["answers"]["text"][0]) for r in by_id.values()]
     inside = outside = 0
-    for f in feats:
+    for f, q in zip(feats, questions, strict=True):
+        record = by_id[q["example_id"]]
+        gold_start = record["answers"]["answer_start"][0]
+        gold_end = gold_start + len(record["answers"]["text"][0])
+        context = [o for o in q["offset_mapping"] if o[0] >= 0]
         s, e = f["start_positions"], f["end_positions"]
         if s == 0 and e == 0:
             outside += 1
+            # CLS only where the window does not hold the whole answer
+            assert context[0][0] > gold_start or context[-1][1] < gold_end
             continue
         inside += 1
-        # the labelled tokens cover an answer (a token may be wider: "gold" inside "golden")
-        text = _plain(tok.decode(f["input_ids"][s : e + 1]))
-        assert any(a in text for a in answers), text
+        # the labelled tokens are the smallest run of tokens around this question's first answer
+        # (a token may be wider than the answer: "gold" inside "golden")
+        first, last = q["offset_mapping"][s], q["offset_mapping"][e]
+        assert first[0] <= gold_start < first[1] and last[0] < gold_end <= last[1], record["id"]
+        answer = _plain(record["answers"]["text"][0])
+        assert answer in _plain(tok.decode(f["input_ids"][s : e + 1])), record["id"]
     assert inside > 0 and outside > 0
     assert feats["length"] == [len(x) for x in feats["input_ids"]]
     assert max(feats["length"]) <= 96

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -15,14 +16,18 @@ def test_a_used_model_pickles_without_its_predictor_and_answers_the_same_after_l
     # MLflow may pickle the model after running its input example; the predictor's traced graph
     # cannot be pickled, so it is left out and built again by load_context.
     context = SimpleNamespace(artifacts={ARTIFACT: tiny_bert}, model_config={})
-    rows = [{"question": "Who won?", "context": "The Broncos won Super Bowl 50 in Santa Clara."}]
+    rows = [{"question": "Who won?", "context": "The Broncos won Super Bowl 50 in Santa Clara."},
+            {"question": "Who wrote it?", "context": "It was written by Ada Lovelace in 1843."}]
     model = QAModel()
     model.load_context(context)
     answers = model.predict(context, rows)
+    assert model.predict(context, pd.DataFrame(rows)) == answers  # records or a DataFrame alike
+    # one answer per row, a non-empty span of that row's own context
+    assert all(answer and answer in row["context"] for answer, row in zip(answers, rows, strict=True))
     copy = pickle.loads(pickle.dumps(model))
     assert not hasattr(copy, "predictors")
     copy.load_context(context)
-    assert copy.predict(context, rows) == answers and answers[0] in rows[0]["context"]
+    assert copy.predict(context, rows) == answers
 
 
 @pytest.fixture(scope="module")

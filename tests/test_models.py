@@ -37,8 +37,17 @@ def test_dropout_overrides_reach_the_config():
     assert loaded.model.config.hidden_dropout_prob == 0.2
 
 
-def test_same_tokenizer_is_compatible(tiny_bert, tiny_distilbert):
-    check_compatible(load_tokenizer(tiny_bert), load_tokenizer(tiny_distilbert))
+def test_a_bert_and_a_distilbert_on_one_vocabulary_are_compatible_until_an_id_moves(
+    tiny_bert, tiny_distilbert, tmp_path
+):
+    teacher = load_tokenizer(tiny_bert)
+    check_compatible(teacher, load_tokenizer(tiny_distilbert))  # raises ModelError if not
+    words = (Path(minilm_path()) / "vocab.txt").read_text().splitlines()
+    words[2000], words[2001] = words[2001], words[2000]  # same words, two of them with other ids
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words))
+    with pytest.raises(ModelError, match=r"0 only in teacher .* 0 only in student .* 2 with other ids"):
+        check_compatible(teacher, BertTokenizerFast(vocab=str(vocab)))
 
 
 def test_a_cased_teacher_against_an_uncased_student_fails_fast():

@@ -4,6 +4,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -11,20 +12,21 @@ from transformers import TrainerCallback
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig, load_config
+from qa_distill.data import load_split
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
 from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.runs import run_distill, run_finetune
+from qa_distill.saved_model import SavedSettings, read_settings
 
 from .conftest import write_squad
 
-TINY = ["data.max_length=96", "data.doc_stride=32", "training.epochs=2", "training.batch_size=8",
-        "training.eval_batch_size=32", "training.precision=fp32", "training.logging_steps=5"]
+RECIPE = str(Path(__file__).parent / "recipes" / "runs.yaml")
 
 
 def _config(role, model, data, tmp_path, *extra, **explicit):
-    overrides = [*TINY, f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config("cpu", role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
+    overrides = [f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    return load_config(RECIPE, role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
 
 
 def _dead_pid() -> int:
@@ -36,8 +38,10 @@ def _run(run_id):
     return mlflow.MlflowClient().get_run(run_id)
 
 
+@pytest.mark.slow
 def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path, tracking_uri, dev_sample, tiny_bert):
-    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
+    answer_settings = ["training.n_best=10", "training.max_answer_length=5"]  # not the defaults
+    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, *answer_settings))
     run = _run(result["run_id"])
     assert run.info.status == "FINISHED"
     for key in ("exact_match", "f1", "train_seconds", "train_loss", "train_windows_per_second"):
@@ -49,17 +53,21 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     assert "predictions.json" in artifacts
     predictions = json.loads((tmp_path / "teacher" / "predictions.json").read_text())
     assert len(predictions) == run.data.metrics["dev_questions"]
-    model = mlflow.pyfunc.load_model("models:/qa-distill-cpu-teacher/latest")
-    context = "The Broncos won Super Bowl 50 in Santa Clara."
-    answer = model.predict([{"question": "Who won?", "context": context}])[0]
-    assert isinstance(answer, str) and answer in context
+    assert read_settings(tmp_path / "teacher") == SavedSettings(96, 32, 10, 5)
+    # the registered MLflow model answers dev questions as the training evaluation did
+    model = mlflow.pyfunc.load_model("models:/qa-distill-runs-teacher/latest")
+    dev = load_split(DataConfig(data=str(dev_sample)), "dev").dataset.select(range(6))
+    answers = model.predict([{"question": r["question"], "context": r["context"]} for r in dev])
+    assert answers == [predictions[r["id"]] for r in dev] and all(answers)
     assert not list((tmp_path / "teacher").glob("checkpoint-*"))  # only the final model stays
-    # scoring the saved model again outside training gives the same answers and scores
+    # scoring the saved model again outside training gives the same answers and scores (with the
+    # run's n_best and max_answer_length, saved with the model)
     again = evaluate_model(str(tmp_path / "teacher"), DataConfig(data=str(dev_sample)))
     assert again["predictions"] == predictions
     assert again["f1"] == pytest.approx(run.data.metrics["f1"])
 
 
+@pytest.mark.slow
 def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
     tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
 ):
@@ -78,6 +86,7 @@ def test_distill_pairs_a_bert_teacher_with_a_distilbert_student(
     assert fly["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_teacher_from_an_mlflow_uri(tmp_path, tracking_uri, dev_sample, tiny_bert):
     teacher = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.epochs=1"))
     config = _config("distill", tiny_bert, dev_sample, tmp_path, "model.layer_stride=2",
@@ -93,7 +102,7 @@ def _runs_in_store() -> int:
 def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri, tiny_bert, capsys):
     bad = write_squad(tmp_path / "train-bad.json", [("Some context.", [("q-7", "What?", [])])])
     out = tmp_path / "never"
-    code = main(["teacher", "--recipe", "cpu", "--data", str(bad), "--output-dir", str(out),
+    code = main(["teacher", "--recipe", RECIPE, "--data", str(bad), "--output-dir", str(out),
                  "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
@@ -103,17 +112,18 @@ def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri
     assert _runs_in_store() == 0
 
 
+@pytest.mark.slow
 def test_a_cased_teacher_is_refused_before_training(tmp_path, tracking_uri, dev_sample, tiny_bert, capsys):
     from transformers import AutoModelForQuestionAnswering, BertTokenizerFast
 
     cased = tmp_path / "cased-teacher"
     AutoModelForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(cased)
-    vocab = str(next(iter(__import__("pathlib").Path(tiny_bert).glob("tokenizer.json"))))
+    vocab = str(next(iter(Path(tiny_bert).glob("tokenizer.json"))))
     tok = BertTokenizerFast(tokenizer_file=vocab, do_lower_case=False)
     tok.backend_tokenizer.normalizer = __import__("tokenizers").normalizers.BertNormalizer(lowercase=False)
     tok.save_pretrained(cased)
-    code = main(["distill", "--recipe", "cpu", "--data", str(dev_sample), "--teacher", str(cased),
-                 "--output-dir", str(tmp_path / "d"), "--set", " ".join([*TINY, f"model.name={tiny_bert}"])])
+    code = main(["distill", "--recipe", RECIPE, "--data", str(dev_sample), "--teacher", str(cased),
+                 "--output-dir", str(tmp_path / "d"), "--set", f"model.name={tiny_bert}"])
     assert code == 2
     assert "lower-casing" in capsys.readouterr().err
     mlflow.set_tracking_uri(tracking_uri)
@@ -125,6 +135,7 @@ class _KillAfterFirstSave(TrainerCallback):
         raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_path, tracking_uri, dev_sample, tiny_bert):
     config = _config("teacher", tiny_bert, dev_sample, tmp_path)
     with pytest.raises(KeyboardInterrupt):
@@ -152,6 +163,7 @@ def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_pat
     assert len(mlflow.search_runs(search_all_experiments=True)) == 1
 
 
+@pytest.mark.slow
 def test_an_error_during_training_marks_the_run_failed(tmp_path, tracking_uri, dev_sample, tiny_bert):
     class Boom(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

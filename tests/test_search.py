@@ -94,16 +94,15 @@ def setup(assets: dict[str, str], tracking_uri: str, tmp_path: Path, request) ->
 
 
 def make_config(setup: dict[str, Any]) -> RunConfig:
-    """The cpu recipe cut down to seconds."""
+    """The test recipe's distill run, on 2-layer models and 64-token windows."""
     root, assets = setup["root"], setup["assets"]
     overrides = [
-        f"model.name={assets['student']}", "model.layer_stride=1", "training.epochs=2",
-        "training.batch_size=4", "training.precision=fp32", "training.threads=1",
-        "data.max_length=64", "data.doc_stride=32", f"data.cache_dir={root}/cache",
+        f"model.name={assets['student']}", "model.layer_stride=1", "training.batch_size=4",
+        "training.threads=1", "data.max_length=64", f"data.cache_dir={root}/cache",
         f"tracking.tracking_uri={setup['tracking_uri']}",
         f"tracking.experiment={setup['experiment']}", "tracking.register_model=false",
     ]
-    return load_config("cpu", "distill", overrides, data=assets["data"],
+    return load_config(str(TESTS_DIR / "recipes" / "runs.yaml"), "distill", overrides, data=assets["data"],
                        output_dir=f"{root}/search", teacher=assets["teacher"])
 
 
@@ -138,6 +137,7 @@ def by_trial(runs: list[mlflow.entities.Run]) -> dict[int, mlflow.entities.Run]:
     return {int(r.data.tags["optuna_trial_number"]): r for r in runs}
 
 
+@pytest.mark.slow
 def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp_path: Path):
     stem = tmp_path / "results" / "s1"
     result = run(config, "s1", results_stem=stem, register_best=True)
@@ -177,10 +177,11 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     kept = sorted(p.name for p in Path(config.output_dir).glob("trial-*"))
     assert kept == [f"trial-{best.number}"]  # the others' models are deleted once scored
     assert result["model_uri"]
-    versions = mlflow.MlflowClient().search_model_versions("name='qa-distill-cpu-search-best'")
+    versions = mlflow.MlflowClient().search_model_versions("name='qa-distill-runs-search-best'")
     assert len(versions) == 1
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_study(config: RunConfig):
     first = run(config, "resume", n_trials=3, register_best=False)
     second = run(config, "resume", n_trials=2, register_best=False)
@@ -192,6 +193,7 @@ def test_rerun_resumes_the_study(config: RunConfig):
     assert len(parents) == 2 and sorted(by_trial(nested)) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_failing_trial_is_failed_and_the_study_goes_on(config: RunConfig, monkeypatch):
     real = search.train_distill
 
@@ -211,6 +213,7 @@ def test_failing_trial_is_failed_and_the_study_goes_on(config: RunConfig, monkey
     assert {runs[n].info.status for n in (0, 2)} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_the_last_evaluation_never_prunes(config: RunConfig):
     config.training.epochs = 1  # one evaluation, after the last step: nothing left to save
     always = optuna.pruners.ThresholdPruner(lower=1000.0)
@@ -222,6 +225,7 @@ def test_the_last_evaluation_never_prunes(config: RunConfig):
     assert result["n_pruned"] == 0 and result["best_trial"] in (0, 1)
 
 
+@pytest.mark.slow
 def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(config: RunConfig, tmp_path: Path):
     always = optuna.pruners.ThresholdPruner(lower=1000.0)
     result = run(config, "prunes", n_trials=2, pruner=always, results_stem=tmp_path / "r" / "p")
@@ -267,6 +271,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path):
     yield url
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(setup: dict[str, Any], storage: str):
     study = f"shared-{uuid.uuid4().hex[:8]}"
     args = {"setup": setup, "n_trials": 2, "study": study, "storage": storage}

@@ -81,7 +81,7 @@ def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
     # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
     # here it must answer everything, and not be noise (half the answers the same as fp32).
     int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
-    assert len(int8) == len(questions) and all(isinstance(a, str) for a in int8)
+    assert all(a and a in q["context"] for a, q in zip(int8, questions, strict=True))
     assert _same(int8, fp32_answers) >= len(questions) / 2
 
 
@@ -110,6 +110,7 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
     return str(out), speed.load_questions(str(dev_sample / "train-sample.json"), len(split.dataset))
 
 
+@pytest.mark.slow
 def test_fast_backends_keep_a_trained_models_f1(trained):
     path, questions = trained
     gold = {q["id"]: q["answers"] for q in questions}
@@ -228,6 +229,7 @@ def register_twice(model_dir: str, name: str) -> None:
         client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
 
 
+@pytest.mark.slow
 def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp_path, monkeypatch, tracking_uri):
     mlflow.set_tracking_uri(tracking_uri)  # an experiment with artifacts in tmp_path, not mlruns/
     mlflow.create_experiment("speed-test", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -313,6 +315,7 @@ def test_parse_models():
     assert speed.parse_models(["runs:/abc/model"]) == {"model": "runs:/abc/model"}
 
 
+@pytest.mark.slow
 def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     path = speed.random_weight_model("distilbert-base-uncased", tmp_path / "distilbert")
     predictor = QAPredictor(path)
@@ -322,8 +325,9 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     )
     assert "token_type_ids" not in predictor.input_names
     q = questions[0]
-    assert isinstance(predictor.answer(q["question"], q["context"]), str)
-    assert isinstance(speed.HFPipelineBaseline(path).answer(q["question"], q["context"]), str)
+    for answerer in (predictor, speed.HFPipelineBaseline(path)):
+        answer = answerer.answer(q["question"], q["context"])
+        assert answer and answer in q["context"]
     with pytest.raises(ConfigError, match="roberta-base"):
         speed.random_weight_model("roberta-base", tmp_path / "roberta")
 

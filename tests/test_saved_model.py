@@ -1,0 +1,44 @@
+"""The settings saved with a model reach every user of the model, not only training evaluation."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from qa_distill.config import DataConfig
+from qa_distill.data import load_split
+from qa_distill.mlflow_model import ARTIFACT, QAModel
+from qa_distill.models import load_tokenizer
+from qa_distill.saved_model import SETTINGS_FILE, SavedSettings, read_settings, save_settings
+
+from .conftest import one_token_texts, saved_with
+
+
+def test_the_mlflow_model_answers_with_the_saved_settings(tiny_bert, dev_sample, tmp_path):
+    settings = SavedSettings(max_length=128, doc_stride=64, n_best=200, max_answer_length=1)
+    model = saved_with(tiny_bert, tmp_path / "short-answers", settings)
+    served = QAModel()
+    served.load_context(SimpleNamespace(artifacts={ARTIFACT: model}))
+    predictor = served.predictor
+    assert (predictor.max_length, predictor.doc_stride, predictor.n_best, predictor.max_answer_length) == (
+        128, 64, 200, 1
+    )
+    dev = load_split(DataConfig(data=str(dev_sample)), "dev").dataset
+    rows = [{"question": r["question"], "context": r["context"]} for r in dev]
+    tokenizer = load_tokenizer(tiny_bert)
+    one_token = [one_token_texts(tokenizer, r["context"]) for r in dev]
+    short = served.predict(None, rows)
+    assert all(answer in texts for answer, texts in zip(short, one_token, strict=True))
+    # the same model with the default limit gives longer answers: the saved limit made them short
+    predictor.max_answer_length = 30
+    longer = served.predict(None, rows)
+    assert any(answer not in texts for answer, texts in zip(longer, one_token, strict=True))
+
+
+def test_settings_round_trip_and_missing_ones_are_the_recipe_defaults(tmp_path):
+    assert read_settings(tmp_path) == SavedSettings(384, 128, 20, 30)  # a model saved elsewhere
+    save_settings(tmp_path, SavedSettings(96, 32, 10, 5))
+    assert read_settings(tmp_path) == SavedSettings(96, 32, 10, 5)
+    # a model saved before the answer settings were: its windows, the default answer settings
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"max_length": 256, "doc_stride": 64}))
+    assert read_settings(tmp_path) == SavedSettings(256, 64, 20, 30)
