@@ -94,8 +94,8 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
-    from qa_distill.launched_run import log_result
     from qa_distill.scoring import score_files
+    from qa_distill.tracking import log_result
 
     result = score_files(args.dataset, args.predictions)
     log_result("score", result)
@@ -160,8 +160,8 @@ def cmd_speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, str]:
     _connect_for(args.model)
-    from qa_distill.launched_run import log_result
     from qa_distill.speed import predict
+    from qa_distill.tracking import log_result
 
     result = {"answer": predict(args.model, args.question, args.context, args.backend)}
     log_result("predict", {"model": args.model, "backend": args.backend, **result})
@@ -174,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     data = DataConfig(data=args.data or str(DEFAULT_DEV_JSON.parent), dev_questions=args.dev_questions)
     _connect_for(args.model)
     from qa_distill.evaluate import evaluate_model
-    from qa_distill.launched_run import log_result
+    from qa_distill.tracking import log_result
 
     result = evaluate_model(args.model, data, args.backend)
     predictions = result.pop("predictions")
@@ -326,15 +326,15 @@ def _user_error(exc: BaseException) -> str | None:
 
 
 def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
-    """Print one line and return the exit code: 2 bad input, 1 environment, 128 + N a signal."""
+    """Print one line (last, after the traceback under -v) and return the exit code: 2 bad input,
+    1 environment, 128 + N a signal."""
     if isinstance(exc, KeyboardInterrupt):
         exc = Interrupted(signal.SIGINT)
     if isinstance(exc, Interrupted):
-        print(f"qa-distill {args.command}: {exc}; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
+        line = f"{exc}; rerun the same command to resume from the last checkpoint"
         code = 128 + exc.signum
-    elif (line := _user_error(exc)) is not None:
-        print(f"qa-distill {args.command}: error: {line}", file=sys.stderr)
+    elif (message := _user_error(exc)) is not None:
+        line = f"error: {message}"
         code = 2 if isinstance(exc, QaDistillError) else 1
     else:
         raise exc
@@ -342,8 +342,8 @@ def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
         import traceback
 
         traceback.print_exception(exc)
+    print(f"qa-distill {args.command}: {line}", file=sys.stderr)
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

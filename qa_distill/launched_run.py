@@ -14,13 +14,12 @@ fails on a deleted one. A run launched into an experiment the user named stays w
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from qa_distill.config import TrackingConfig, hand_over_launched_run, launched_run_id
+from qa_distill.config import hand_over_launched_run, launched_run_id
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,8 @@ def experiment_id() -> str:
 
 
 def move_to(experiment_id: str) -> str:
-    """Re-create the launched run in `experiment_id` and delete the original; returns `experiment_id`."""
+    """Re-create the launched run in `experiment_id`, leaving the original FINISHED with a note naming
+    the new one; returns `experiment_id`."""
     client = MlflowClient()
     launched = client.get_run(launched_run_id())
     moved = client.create_run(
@@ -52,18 +52,3 @@ def move_to(experiment_id: str) -> str:
                 old_id, new_id, name)
     return experiment_id
 
-
-def log_result(role: str, result: dict[str, Any]) -> None:
-    """Under `mlflow run`, a command without a run of its own (predict, evaluate, score) logs its
-    result into the launched run, in the configured experiment; elsewhere it logs nothing."""
-    if launched_run_id() is None:
-        return
-    import mlflow
-
-    from qa_distill.tracking import setup  # tracking imports this module
-
-    setup(TrackingConfig())
-    with mlflow.start_run():
-        mlflow.set_tag("role", role)
-        mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
-        mlflow.log_dict(result, f"{role}.json")

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from qa_distill import launched_run
-from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, tracking_uri
+from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, launched_run_id, tracking_uri
 from qa_distill.distributed import is_main_process
 
 OUTPUT_DIR_TAG = "qa_distill.output_dir"
@@ -118,3 +118,15 @@ class MlflowMetrics(TrainerCallback):
         }
         if numeric and state.is_world_process_zero and mlflow.active_run() is not None:
             mlflow.log_metrics(numeric, step=state.global_step)
+
+
+def log_result(role: str, result: dict[str, Any]) -> None:
+    """Under `mlflow run`, a command without a run of its own (predict, evaluate, score) logs its
+    result into the launched run, in the configured experiment; elsewhere it logs nothing."""
+    if launched_run_id() is None:
+        return
+    setup(TrackingConfig())
+    with mlflow.start_run():
+        mlflow.set_tag("role", role)
+        mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
+        mlflow.log_dict(result, f"{role}.json")

@@ -139,7 +139,7 @@ def test_predict_with_a_missing_model_fails_in_one_line(tmp_path, capsys):
 
 
 def test_report_without_runs_fails_in_one_line(tracking_uri, capsys):
-    code, out, err = run(capsys, "report", "--recipe", "layers", "--output", "unused")
+    code, out, err = run(capsys, "report", "--recipe", RECIPE, "--output", "unused")
     assert (code, out) == (2, "")
     assert "no finished teacher/student/distill runs of recipe 'layers'" in one_error(err, "report")
 

@@ -13,6 +13,7 @@ from qa_distill.tracking import log_dataset
 
 def test_local_and_hub_splits_are_logged_as_inputs_without_their_rows(tracking_uri, dev_sample):
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("dataset-inputs")  # not the experiment an earlier test left active
     split = load_split(DataConfig(data=str(dev_sample), train_questions=20), "train")
     with mlflow.start_run() as run:
         log_dataset(split.dataset, split.source, split.fingerprint, "training")

@@ -18,8 +18,8 @@ def test_the_mlflow_model_answers_with_the_saved_settings(tiny_bert, dev_sample,
     settings = SavedSettings(max_length=128, doc_stride=64, n_best=200, max_answer_length=1)
     model = saved_with(tiny_bert, tmp_path / "short-answers", settings)
     served = QAModel()
-    served.load_context(SimpleNamespace(artifacts={ARTIFACT: model}))
-    predictor = served.predictor
+    served.load_context(SimpleNamespace(artifacts={ARTIFACT: model}, model_config={}))
+    predictor = served.predictor("fp32")
     assert (predictor.max_length, predictor.doc_stride, predictor.n_best, predictor.max_answer_length) == (
         128, 64, 200, 1
     )
