@@ -10,16 +10,16 @@ evaluation batches). Everything goes to stderr, which the stage logs capture.
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+
+from qa_distill.hardware import cpu_name
 
 EVERY_SECONDS = 30.0  # a plain line at most this often (default of TrainingConfig.progress_seconds)
 
@@ -137,16 +137,6 @@ def datasets_bars_off() -> Iterator[None]:
     finally:
         if not was_off:
             datasets.enable_progress_bars()
-
-
-def cpu_name() -> str:
-    """The CPU model (a speed or a training time means little without it)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def announce(what: str, device: str, precision: str, threads: int, stream: IO[str] | None = None) -> str:

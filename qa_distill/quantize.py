@@ -24,10 +24,7 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 from transformers import PreTrainedModel
 
-
-def int8_products_exact() -> bool:
-    """Whether the CPU sums int8 products in int32 (VNNI), so inputs may use the full uint8 range."""
-    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+from qa_distill.hardware import int8_products_exact
 
 
 class FullRangeDynamicLinear(nnqd.Linear):

@@ -34,10 +34,11 @@ from transformers import (
 from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by_mlflow_run, tracking_uri
 from qa_distill.data import read_squad_json
 from qa_distill.errors import ConfigError, DataError, ModelError
+from qa_distill.hardware import cpu_name
 from qa_distill.metrics import squad_scores
 from qa_distill.models import input_names, load_config, load_qa_model, load_tokenizer, resolve_source
 from qa_distill.predictor import QAPredictor
-from qa_distill.progress import Progress, announce, cpu_name
+from qa_distill.progress import Progress, announce
 from qa_distill.registry import LATENCY_FIGURES, pin_versions, tag_versions
 from qa_distill.tables import write_tables
 from qa_distill.tracking import setup as setup_tracking

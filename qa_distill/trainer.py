@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from qa_distill import hardware
 from qa_distill.config import TrainingConfig
 from qa_distill.losses import distillation_loss
 from qa_distill.metrics import squad_scores
@@ -34,17 +35,8 @@ def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if cpu_has_bf16 is None:
-        cpu_has_bf16 = _cpu_has_bf16()
+        cpu_has_bf16 = hardware.cpu_has_bf16()
     return "bf16" if torch.backends.mkldnn.is_available() and cpu_has_bf16 else "fp32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def training_arguments(config: TrainingConfig, output_dir: str, precision: str) -> TrainingArguments:

@@ -11,7 +11,8 @@ import pytest
 
 from qa_distill import progress as progress_module
 from qa_distill.config import load_config
-from qa_distill.progress import Progress, announce, cpu_name
+from qa_distill.hardware import cpu_name
+from qa_distill.progress import Progress, announce
 from qa_distill.runs import run_finetune
 
 

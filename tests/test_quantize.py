@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-from qa_distill.quantize import FullRangeDynamicLinear, int8_products_exact, quantize_int8
+from qa_distill.hardware import int8_products_exact
+from qa_distill.quantize import FullRangeDynamicLinear, quantize_int8
 
 
 def _integer_reference(layer: nnqd.Linear, x: torch.Tensor, levels: int) -> torch.Tensor:
