@@ -35,7 +35,8 @@ def test_a_single_process_is_the_main_one_and_never_waits():
 def _launch(processes: int, overrides: list[str], data: Path, teacher: str, out: Path, uri: str):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment in this process sets the id
+        env.pop(leaked, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "qa_distill.cli", "distill", "--recipe", "cpu", "--data", str(data), "--teacher", teacher,
                "--output-dir", str(out), "--set", " ".join(overrides)]

@@ -23,8 +23,6 @@ from optuna.trial import TrialState
 from qa_distill import search
 from qa_distill.config import RunConfig, load_config
 
-from .conftest import assert_offline_html
-
 TESTS_DIR = Path(__file__).resolve().parent
 PARAGRAPHS = [
     ("Ada Lovelace wrote the first published algorithm in 1843 for the Analytical Engine, "
@@ -139,6 +137,8 @@ def by_trial(runs: list[mlflow.entities.Run]) -> dict[int, mlflow.entities.Run]:
 
 @pytest.mark.slow
 def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp_path: Path):
+    from .conftest import assert_offline_html  # not at the top: workers import this file as a script
+
     stem = tmp_path / "results" / "s1"
     result = run(config, "s1", results_stem=stem, register_best=True)
 

@@ -26,8 +26,8 @@ TRAINING = ("teacher", "student", "distill")
 def _mlflow_run(uri: str, tmp_path: Path, *args: str) -> dict:
     """`mlflow run <project> ...` as a user types it (this checkout's code first on the path)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_RUN_ID", None)
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # set_experiment sets the id
+        env.pop(leaked, None)
     done = subprocess.run(
         ["mlflow", "run", str(ROOT), "--env-manager", "local", *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
