@@ -442,13 +442,14 @@ def run_speedtest(
     """
     backends = list(BACKENDS) if backends is None else list(backends)
     _check_settings(backends, questions, threads, batch_size, warmup)
-    mlflow.set_tracking_uri(tracking_uri(tracking or TrackingConfig()))  # where models:/ resolve
+    tracking = tracking or TrackingConfig()
+    mlflow.set_tracking_uri(tracking_uri(tracking))  # where models:/ resolve
     named, versions = pin_versions(parse_models(models))
     sample = load_questions(dev_json, questions)
     paths = _check_models(named)
     stem = Path(output) if output else RESULTS_DIR / run_name
 
-    setup_tracking(tracking or TrackingConfig())
+    setup_tracking(tracking)
     run = mlflow.start_run() if launched_by_mlflow_run() else mlflow.start_run(run_name=run_name)
     with run:
         cpu = cpu_name()
