@@ -38,10 +38,11 @@ import pandas as pd
 import torch
 from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback
 
-from qa_distill.config import RESULTS_DIR, load_config
+from qa_distill.config import RESULTS_DIR
 from qa_distill.data import load_split
 from qa_distill.features import build_features
 from qa_distill.models import load_qa_model, load_tokenizer
+from qa_distill.recipes import load_config
 from qa_distill.tables import write_tables
 from qa_distill.trainer import QATrainer, resolve_precision, training_arguments
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     overrides = [f"data.train_questions={args.questions}", *args.overrides]
-    config = load_config(args.recipe, "teacher", overrides, data=args.data or None)
+    config = load_config(args.recipe, "teacher", overrides, explicit={"data.data": args.data})
     source = args.model or config.model.name
     precision = resolve_precision(config.training.precision)
     split = load_split(config.data, "train")

@@ -14,7 +14,8 @@ import time
 
 import pandas as pd
 
-from qa_distill.config import RESULTS_DIR, load_config
+from qa_distill.config import RESULTS_DIR
+from qa_distill.recipes import load_config
 from qa_distill.runs import load_teacher, make_distill_trainer, prepare, teacher_logits
 from qa_distill.tables import write_tables
 
@@ -31,7 +32,7 @@ def main() -> None:
     rows, teacher = [], None
     for cached in (True, False):
         config = load_config(args.recipe, "distill", [*overrides, f"distillation.teacher_cache={cached}"],
-                             teacher=args.teacher or None,
+                             explicit={"distillation.teacher": args.teacher},
                              output_dir=str(RESULTS_DIR.parent.parent / "outputs" / "bench-cache"))
         prepared = prepare(config)  # a fresh student each time, same seed
         teacher = teacher or load_teacher(config, prepared.student)

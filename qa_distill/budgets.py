@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from qa_distill.config import BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, load_config
+from qa_distill.config import BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, SpeedConfig
 from qa_distill.errors import ConfigError
+from qa_distill.recipes import load_config
 
 # budget item -> column of mlflow.search_runs
 BUDGET = {
@@ -65,7 +66,8 @@ def report_stem(recipe: str, output: str | None, runs: pd.DataFrame) -> Path:
         return stem  # no committed recipe, no committed table
     differences = []
     for _, row in runs.iterrows():
-        config = load_config(recipe, row["tags.role"], teacher=row.get("params.distillation.teacher") or None)
+        config = load_config(recipe, row["tags.role"],
+                             explicit={"distillation.teacher": row.get("params.distillation.teacher")})
         expected = {
             "train_questions": config.data.train_questions, "epochs": config.training.epochs,
             "max_length": config.data.max_length, "dev_questions(configured)": config.data.dev_questions,
@@ -87,14 +89,13 @@ def report_stem(recipe: str, output: str | None, runs: pd.DataFrame) -> Path:
     return stem
 
 
-def speed_stem(recipe: str, run_name: str, output: str | None, models: list[str], questions: int,
-               backends: list[str] | None) -> Path:
-    """`output`, else experiments/results/<run_name> for a full-budget test of the recipe's models."""
-    if output:
-        return Path(output)
-    ours = all(source.partition("=")[2].startswith(f"models:/qa-distill-{recipe}-") for source in models)
-    full = questions == SPEED_QUESTIONS and (backends is None or set(backends) == set(BACKENDS))
+def speed_stem(recipe: str, speed: SpeedConfig) -> Path:
+    """`speed.output`, else experiments/results/<run_name> for a full-budget test of the recipe's models."""
+    if speed.output:
+        return Path(speed.output)
+    ours = all(source.partition("=")[2].startswith(f"models:/qa-distill-{recipe}-") for source in speed.models)
+    full = speed.questions == SPEED_QUESTIONS and set(speed.backends) == set(BACKENDS)
     if not (ours and full):
         raise ConfigError(f"experiments/results/ holds full-budget speed tests of registered models only "
                           f"({SPEED_QUESTIONS} questions, every backend): pass --output for this one")
-    return RESULTS_DIR / run_name
+    return RESULTS_DIR / speed.run_name

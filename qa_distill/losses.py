@@ -53,6 +53,7 @@ def distillation_loss(
     end_positions: torch.Tensor,
     temperature: float,
     alpha: float,
+    *,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scalar loss for logits `(batch, seq)` and gold positions `(batch,)`; mask `(batch, seq)`."""

@@ -55,6 +55,7 @@ def postprocess(
     offsets: Sequence[Sequence[Sequence[int]]] | np.ndarray,
     start_logits: np.ndarray,
     end_logits: np.ndarray,
+    *,
     n_best: int = 20,
     max_answer_length: int = 30,
 ) -> dict[str, str]:

@@ -110,7 +110,7 @@ class QAPredictor:
         offsets = pad_offsets(context_offsets(enc), start.shape[1])
         answers = postprocess(
             dict(zip(ids, contexts, strict=True)), example_ids, offsets, start, end,
-            self.n_best, self.max_answer_length,
+            n_best=self.n_best, max_answer_length=self.max_answer_length,
         )
         return [answers[i] for i in ids]
 

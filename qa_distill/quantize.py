@@ -1,23 +1,25 @@
 """Dynamic int8 quantisation of a QA model's encoder for CPU inference.
 
 Dynamic int8 stores each linear layer's weights in int8 and quantises its input on the fly, one
-scale per call. Three choices, all measured on the cpu recipe's distilled student (1,000 dev
-questions answered in batches, F1 52.43 in float32):
+scale per call. Three choices, each of which cost or saved F1 points on the cpu recipe's
+distilled student (CHANGELOG.md has the figures):
 
-- weights get one scale per output channel, not one per tensor: F1 48.59 -> 50.81;
+- weights get one scale per output channel, not one per tensor;
 - the QA head (a 2 x hidden layer whose outputs are the answer scores) stays float32; it costs
   nothing at run time;
-- inputs use all 256 levels of uint8 where the CPU has VNNI: F1 50.81 -> 51.99. PyTorch keeps
-  them to 128 levels by default ("reduce_range"), because without VNNI the int8 products are
-  summed in int16, which can saturate; VNNI sums in int32, so the full range is exact there.
+- inputs use all 256 levels of uint8 where the CPU has VNNI. PyTorch keeps them to 128 levels by
+  default ("reduce_range"), because without VNNI the int8 products are summed in int16, which
+  can saturate; VNNI sums in int32, so the full range is exact there.
 
-What remains, 0.44 F1 on those 1,000 questions, is within sampling noise: on the whole dev set
-int8 scores 0.07 F1 above float32 (experiments/results/cpu-backend-accuracy.md). What error
-there is comes from the inputs: a few channels after LayerNorm and GELU run 3-14x larger than the
-median channel, and one scale per call leaves the others few levels.
+On the whole dev set int8 then scores within a few tenths of a point of float32
+(experiments/results/cpu-backend-accuracy.md). What error there is comes from the inputs: a few
+channels after LayerNorm and GELU run several times larger than the median channel, and one
+scale per call leaves the others few levels.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -51,4 +53,10 @@ def quantize_int8(model: PreTrainedModel, full_range: bool | None = None) -> nn.
         if isinstance(module, nn.Linear) and module is not head
     }
     linear = FullRangeDynamicLinear if full_range else nnqd.Linear
-    return quantize_dynamic(model, layers, mapping={nn.Linear: linear})
+    with warnings.catch_warnings():
+        # torch.ao and its quantized tensors are deprecated in torch 2.13, and still the fastest int8
+        # path measured (README, "Inference backends"): pyproject pins torch < 2.14 until a maintained
+        # one matches it
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+        return quantize_dynamic(model, layers, mapping={nn.Linear: linear})

@@ -199,8 +199,8 @@ def teacher_logits(
     with main_process_first():
         return load_or_compute(
             cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
-            p.train_features, d.max_length, p.precision,
-            k.teacher_batch_size or p.config.training.eval_batch_size, device,
+            p.train_features, max_length=d.max_length, precision=p.precision,
+            batch_size=k.teacher_batch_size or p.config.training.eval_batch_size, device=device,
         )
 
 

@@ -112,6 +112,7 @@ def load_or_compute(
     teacher_fingerprint: str,
     tokenizer: PreTrainedTokenizerBase,
     features: Dataset,
+    *,
     max_length: int,
     precision: str,
     batch_size: int = 64,

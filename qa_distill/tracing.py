@@ -1,20 +1,19 @@
 """A QA model's forward pass as traced TorchScript graphs, for CPU inference without Python.
 
 At batch 1 the Python around the tensor work (module calls, mask building, output classes) is
-a good part of a small model's latency. On the cpu recipe's distilled student in int8 (two
-threads, the windows of 200 dev questions one question at a time), the graph given the mask runs
-the forward pass in 3.32 ms median where the eager model takes 4.51, and the graph without the
-mask, for batches with no padding, in 3.11 (`benchmarks/forward_graphs.py`,
-experiments/results/forward-graphs-bench.md). Unmasked, the graph builds no 4-D mask and
-attention runs without one; the logits are the same.
+a good part of a small model's latency; the traced graph runs without it, and the graph without
+the mask, for batches with no padding, builds no 4-D mask at all (same logits). The gain per
+backend is measured side by side by `benchmarks/forward_graphs.py`
+(experiments/results/forward-graphs-bench.md, which names its CPU).
 
-torch.jit is deprecated in favour of torch.compile, but torch.compile was slower here on an
-earlier machine (12.8 ms where the traced graph took 8.0): it breaks the graph at every
-dynamic-int8 linear layer and recompiles as the window length changes. So we trace, check each
-graph against the eager model on other shapes than the one traced, and fall back to the eager
-model, with a warning, if tracing fails or disagrees. Freezing a graph folds constants ahead of
-time; the two graphs keep about 60 MB more memory than the eager model for the cpu recipe's
-90 MB teacher (the weights themselves are shared).
+torch.jit is deprecated in torch 2.13 in favour of torch.compile and torch.export, but neither
+replacement is as fast here: torch.compile breaks the graph at every dynamic-int8 layer and
+recompiles as the window length changes, and the eager bf16 model is several times slower than
+its graph (`benchmarks/maintained_backends.py`; README, "Inference backends"). So we trace, with
+torch pinned below 2.14, check each graph against the eager model on other shapes than the one
+traced, and fall back to the eager model, with a warning, if tracing fails or disagrees.
+Freezing a graph folds constants ahead of time; the two graphs keep about 60 MB more memory than
+the eager model for the cpu recipe's 90 MB teacher (the weights themselves are shared).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ Forward = Callable[[dict[str, torch.Tensor]], Logits]
 MASK = "attention_mask"
 
 
-class _StartEnd(nn.Module):
+class StartEnd(nn.Module):
     """The model with positional tensor inputs and a (start, end) logits output, as tracing needs."""
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -81,7 +80,7 @@ class EagerLogits:
     """The model itself, called like the traced graphs: the fallback, and their reference."""
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        self.wrapped, self.names = _StartEnd(model, names).eval(), list(names)
+        self.wrapped, self.names = StartEnd(model, names).eval(), list(names)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> Logits:
         return self.wrapped(*_tensors(inputs, self.names))
@@ -92,7 +91,7 @@ def _checked_graph(eager: EagerLogits, names: Sequence[str], vocab_size: int,
     """A frozen trace of the model taking `names`, traced on windows of the first of `shapes`,
     checked against the eager model (given every input) on each of the others."""
     traced_on, *checks = shapes
-    wrapped = _StartEnd(eager.wrapped.model, names).eval()
+    wrapped = StartEnd(eager.wrapped.model, names).eval()
     example = example_inputs(names, vocab_size, traced_on)
     graph = torch.jit.freeze(torch.jit.trace(wrapped, _tensors(example, names)))
     for seed, lengths in enumerate(checks):

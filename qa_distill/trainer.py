@@ -101,7 +101,8 @@ class QATrainer(Trainer):
         contexts = dict(zip(self.eval_examples["id"], self.eval_examples["context"], strict=True))
         offsets = pad_offsets(features["offset_mapping"], start.shape[1])
         return postprocess(
-            contexts, features["example_id"], offsets, start, end, self.n_best, self.max_answer_length
+            contexts, features["example_id"], offsets, start, end, n_best=self.n_best,
+            max_answer_length=self.max_answer_length,
         )
 
     def evaluate(

@@ -47,8 +47,9 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from qa_distill import tracking
-from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, load_config, load_tracking, recipe_path
+from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig
 from qa_distill.data import data_fingerprint
+from qa_distill.recipes import load_config, load_tracking, recipe_path
 from qa_distill.report import ROLE_NAMES
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,8 @@ def _configs(wf: WorkflowConfig, recipe: str, output_root: Path) -> dict[str, Ru
     """Each training step's configuration, loaded now so that bad input fails before any step."""
     return {
         role: load_config(
-            recipe, role, wf.overrides, data=wf.data, output_dir=str(output_root / role),
-            teacher=_TEACHER_LATER if role == "distill" else None,
+            recipe, role, wf.overrides, output_dir=str(output_root / role),
+            explicit={"data.data": wf.data, "distillation.teacher": _TEACHER_LATER if role == "distill" else None},
         )
         for role in ROLES
     }

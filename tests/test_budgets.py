@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from qa_distill.budgets import check_comparable, speed_stem
-from qa_distill.config import RESULTS_DIR, TrackingConfig
+from qa_distill.config import RESULTS_DIR, SpeedConfig, TrackingConfig
 from qa_distill.errors import ConfigError
 from qa_distill.report import recipe_runs, run_report
 
@@ -55,8 +55,12 @@ def test_a_test_sized_run_never_overwrites_the_committed_table(experiment):
 
 def test_only_a_full_speed_test_of_registered_models_writes_the_committed_table():
     ours = ["teacher=models:/qa-distill-cpu-teacher/3", "distilled=models:/qa-distill-cpu-distill/2"]
-    assert speed_stem("cpu", "cpu-speed", "", ours, 1000, None) == RESULTS_DIR / "cpu-speed"
-    for models, questions, backends in ((ours, 50, None), (ours, 1000, ["fp32"]), (["x=/tmp/model"], 1000, None)):
+
+    def stem(**changes):
+        return speed_stem("cpu", SpeedConfig(**{"models": ours, "run_name": "cpu-speed", **changes}))
+
+    assert stem() == RESULTS_DIR / "cpu-speed"
+    for change in ({"questions": 50}, {"backends": ("fp32",)}, {"models": ["x=/tmp/model"]}):
         with pytest.raises(ConfigError, match="pass --output"):
-            speed_stem("cpu", "cpu-speed", "", models, questions, backends)
-    assert str(speed_stem("cpu", "cpu-speed", "/tmp/out/speed", ours, 50, None)) == "/tmp/out/speed"
+            stem(**change)
+    assert str(stem(output="/tmp/out/speed", questions=50)) == "/tmp/out/speed"

@@ -4,12 +4,14 @@ The layers, each winning over the one before: dataclass defaults, the recipe's s
 the recipe's section for the role, `section.key=value` overrides, explicit arguments.
 """
 
+import re
 from pathlib import Path
 
 import pytest
 
-from qa_distill.config import PROJECT_ROOT, load_config, parse_overrides
+from qa_distill.config import PROJECT_ROOT
 from qa_distill.errors import ConfigError
+from qa_distill.recipes import load_config, parse_overrides
 
 RECIPE = str(Path(__file__).parent / "recipes" / "layers.yaml")
 
@@ -35,16 +37,18 @@ def test_an_override_wins_over_the_role_section():
 def test_an_explicit_argument_wins_over_an_override():
     overrides = ["distillation.temperature=4", "distillation.alpha=0.4", "distillation.teacher=override-teacher",
                  "data.data=override-data"]
-    config = load_config(RECIPE, "distill", overrides, temperature=5, alpha="0.6", teacher="argument-teacher",
-                         data="argument-data", output_dir="/elsewhere/distill")
+    explicit = {"distillation.temperature": 5, "distillation.alpha": "0.6", "distillation.teacher": "argument-teacher",
+                "data.data": "argument-data"}
+    config = load_config(RECIPE, "distill", overrides, explicit=explicit, output_dir="/elsewhere/distill")
     k = config.distillation
     assert (k.temperature, k.alpha, k.teacher) == (5.0, 0.6, "argument-teacher")
     assert (config.data.data, config.output_dir) == ("argument-data", "/elsewhere/distill")
 
 
 def test_an_empty_explicit_argument_leaves_the_layers_below():
-    config = load_config(RECIPE, "distill", ["distillation.alpha=0.4"], temperature=None, alpha="", teacher="",
-                         data=None, output_dir=None)
+    explicit = {"distillation.temperature": None, "distillation.alpha": "", "distillation.teacher": "",
+                "data.data": None}
+    config = load_config(RECIPE, "distill", ["distillation.alpha=0.4"], explicit=explicit, output_dir=None)
     k = config.distillation
     assert (k.temperature, k.alpha, k.teacher) == (3.0, 0.4, "recipe-teacher")
     assert config.data.data == str(PROJECT_ROOT / "tests" / "squad-sample")  # the recipe's, made absolute
@@ -86,14 +90,15 @@ def test_a_bad_override_names_its_field(override, message):
 
 
 def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
-    from qa_distill.config import load_tracking
+    from qa_distill.recipes import load_tracking
 
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("tracking:\n  experiment: from-recipe\n")
     assert load_tracking("cpu").experiment == "qa-distill"
     assert load_tracking(str(recipe)).experiment == "from-recipe"
     assert load_tracking(str(recipe), "from-option").experiment == "from-option"
-    assert load_config(str(recipe), "teacher", experiment="from-option").tracking.experiment == "from-option"
+    given = load_config(str(recipe), "teacher", explicit={"tracking.experiment": "from-option"})
+    assert given.tracking.experiment == "from-option"
     assert load_config(str(recipe), "teacher").tracking.experiment == "from-recipe"
 
 
@@ -129,7 +134,7 @@ def test_a_bad_key_in_a_role_section_names_the_file_and_the_role(tmp_path):
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("distill:\n  training:\n    epoch: 1\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml \[distill\]: unknown setting training\.epoch"):
-        load_config(str(recipe), "distill", teacher="t")
+        load_config(str(recipe), "distill", explicit={"distillation.teacher": "t"})
     load_config(str(recipe), "teacher")  # another role never reads that section
 
 
@@ -138,3 +143,49 @@ def test_unknown_recipe_and_role_are_clear_errors():
         load_config("no-such-recipe", "teacher")
     with pytest.raises(ConfigError, match="unknown role 'tutor'"):
         load_config(RECIPE, "tutor")
+
+
+def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
+    from qa_distill.cli import build_parser
+    from qa_distill.commands import _config, explicit, overrides
+    from qa_distill.recipes import load_speed
+
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text("search:\n  n_trials: 4\n  temperature_range: [1, 4]\n  storage: sqlite:///x.db\n"
+                      "speed:\n  questions: 50\n  backends: [fp32, int8]\n")
+    args = build_parser().parse_args(["search", "--recipe", str(recipe), "--teacher", "t", "--set",
+                                      "search.n_trials=6 search.alpha_range=[0.2,0.8]", "--n-trials", "7",
+                                      "--no-register"])
+    search = _config(args, "distill").search
+    assert (search.n_trials, search.temperature_range, search.alpha_range) == (7, (1.0, 4.0), (0.2, 0.8))
+    assert (search.storage, search.register, search.search_lr) == ("sqlite:///x.db", False, False)
+    args = build_parser().parse_args(["speedtest", "--recipe", str(recipe), "--model", "a=/m/a",
+                                      "--model", "b=/m/b c=/m/c", "--threads", "1", "--no-hf-baseline"])
+    speed = load_speed(args.recipe, overrides(args), explicit(args))
+    assert speed.models == ["a=/m/a", "b=/m/b", "c=/m/c"] and speed.backends == ("fp32", "int8")
+    assert (speed.questions, speed.threads, speed.hf_baseline) == (50, 1, False)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("search.temperature_range=[0,5]", "distillation.temperature must be a finite number > 0"),
+     ("search.alpha_range=[0.5,0.2]", "search ranges need low <= high"),
+     ("search.lr_range=[0,1e-4]", "search.lr_range needs 0 < low <= high"),
+     ("search.temperature_range=[1]", "search.temperature_range: [1] is not a valid tuple"),
+     ("search.n_trials=0", "search.n_trials must be positive")],
+)
+def test_a_bad_search_setting_is_refused_before_any_data(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message) if "[" in message else message):
+        load_config(RECIPE, "distill", [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("speed.backends=fp64", "unknown backend(s) ['fp64']"), ("speed.questions=0", "speed.questions must be >= 1"),
+     ("speed.backends=[]", "no backend to time")],
+)
+def test_a_bad_speed_setting_is_refused_before_any_model(override, message):
+    from qa_distill.recipes import load_speed
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_speed(RECIPE, [override])

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from qa_distill import distributed
-from qa_distill.config import load_config
+from qa_distill.recipes import load_config
 from qa_distill.runs import run_distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ def test_two_processes_give_one_run_one_cache_and_the_scores_of_one(
     common = [*TINY, f"model.name={tiny_distilbert}"]
     one = run_distill(load_config("cpu", "distill", [*common, "training.batch_size=16",
                                                      f"data.cache_dir={tmp_path / 'cache-1'}"],
-                                  data=str(dev_sample), output_dir=str(tmp_path / "one"), teacher=tiny_bert))
+                                  output_dir=str(tmp_path / "one"),
+                                  explicit={"data.data": str(dev_sample), "distillation.teacher": tiny_bert}))
 
     ddp_uri = f"sqlite:///{tmp_path / 'ddp.db'}"
     cache = tmp_path / "cache-2"

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from qa_distill.config import ROLES, load_config
+from qa_distill.config import ROLES
+from qa_distill.recipes import load_config
 from qa_distill.runs import load_teacher, make_distill_trainer, prepare, run_distill
 from qa_distill.teacher_cache import load_or_compute
 from qa_distill.trainer import training_arguments
@@ -39,7 +40,8 @@ def test_the_gpu_recipe_loads_for_every_role(tmp_path):
 
 def _shrunk(role, tmp_path, dev_sample, student, teacher, *extra):
     overrides = [*SHRINK, f"model.name={student}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config("gpu", role, overrides, data=str(dev_sample), output_dir=str(tmp_path / role), teacher=teacher)
+    return load_config("gpu", role, overrides, output_dir=str(tmp_path / role),
+                       explicit={"data.data": str(dev_sample), "distillation.teacher": teacher})
 
 
 def test_the_teacher_cache_is_computed_on_the_trainers_device_in_its_batches(
@@ -55,7 +57,7 @@ def test_the_teacher_cache_is_computed_on_the_trainers_device_in_its_batches(
     assert next(teacher.model.parameters()).dtype == torch.float32  # precision by autocast, weights untouched
     # the CPU path before the device plumbing: every window in one CPU batch of the default size
     before, _ = load_or_compute(tmp_path / "before", teacher.model.cpu(), teacher.fingerprint, p.student.tokenizer,
-                                p.train_features, config.data.max_length, p.precision)
+                                p.train_features, max_length=config.data.max_length, precision=p.precision)
     cached = trainer.teacher_logits
     assert cached.key == before.key
     for row, length in enumerate(p.train_features["length"]):  # batches of 3 pad less: compare real tokens

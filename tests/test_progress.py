@@ -10,9 +10,9 @@ import mlflow
 import pytest
 
 from qa_distill import progress as progress_module
-from qa_distill.config import load_config
 from qa_distill.hardware import cpu_name
 from qa_distill.progress import Progress, announce
+from qa_distill.recipes import load_config
 from qa_distill.runs import run_finetune
 
 
@@ -83,7 +83,8 @@ def test_a_tiny_training_reports_every_stage_and_logs_its_data(tmp_path, trackin
     overrides = ["data.max_length=96", "data.doc_stride=32", "training.epochs=1", "training.batch_size=8",
                  "training.eval_batch_size=32", "training.precision=fp32", "training.threads=1",
                  "training.progress_seconds=0", f"model.name={tiny_bert}", f"data.cache_dir={tmp_path / 'cache'}"]
-    config = load_config("cpu", "teacher", overrides, data=str(dev_sample), output_dir=str(tmp_path / "teacher"))
+    config = load_config("cpu", "teacher", overrides, explicit={"data.data": str(dev_sample)},
+                         output_dir=str(tmp_path / "teacher"))
     result = run_finetune(config)
     err = capfd.readouterr().err
     inputs = mlflow.get_run(result["run_id"]).inputs.dataset_inputs

@@ -11,11 +11,12 @@ import pytest
 from transformers import TrainerCallback
 
 from qa_distill.cli import main
-from qa_distill.config import DataConfig, load_config
+from qa_distill.config import DataConfig
 from qa_distill.data import load_split
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
 from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.recipes import load_config
 from qa_distill.runs import run_distill, run_finetune
 from qa_distill.saved_model import SavedSettings, read_settings
 
@@ -24,9 +25,10 @@ from .conftest import write_squad
 RECIPE = str(Path(__file__).parent / "recipes" / "runs.yaml")
 
 
-def _config(role, model, data, tmp_path, *extra, **explicit):
+def _config(role, model, data, tmp_path, *extra, teacher=None):
     overrides = [f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config(RECIPE, role, overrides, data=str(data), output_dir=str(tmp_path / role), **explicit)
+    return load_config(RECIPE, role, overrides, explicit={"data.data": str(data), "distillation.teacher": teacher},
+                       output_dir=str(tmp_path / role))
 
 
 def _dead_pid() -> int:

@@ -13,6 +13,8 @@ from qa_distill.features import build_features
 from qa_distill.models import load_qa_model, model_fingerprint
 from qa_distill.teacher_cache import StaleCacheError, load_or_compute, teacher_forward
 
+WINDOWS = {"max_length": 96, "precision": "fp32"}  # the tiny windows and precision of every cache here
+
 
 @pytest.fixture()
 def setup(dev_sample, tiny_bert, tmp_path):
@@ -25,7 +27,7 @@ def setup(dev_sample, tiny_bert, tmp_path):
 def test_cached_logits_equal_a_fresh_forward_pass(setup, tmp_path):
     teacher, feats = setup
     fp = model_fingerprint(teacher.model)
-    logits, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32", 16)
+    logits, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS, batch_size=16)
     assert computed
     rows = [0, 5, len(feats) - 1, 17]
     batch = DataCollatorWithPadding(teacher.tokenizer)(
@@ -36,7 +38,7 @@ def test_cached_logits_equal_a_fresh_forward_pass(setup, tmp_path):
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(start[mask], fresh_start[mask], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(end[mask], fresh_end[mask], rtol=1e-4, atol=1e-4)
-    again, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    again, computed = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
     assert not computed and again.key == logits.key
     assert isinstance(again.start, np.memmap)
 
@@ -44,32 +46,32 @@ def test_cached_logits_equal_a_fresh_forward_pass(setup, tmp_path):
 def test_another_teacher_or_other_windows_get_another_key(setup, tmp_path, tiny_bert):
     teacher, feats = setup
     fp = model_fingerprint(teacher.model)
-    a, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    a, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
     with torch.no_grad():
         teacher.model.qa_outputs.bias.add_(1.0)
     fp2 = model_fingerprint(teacher.model)
     assert fp2 != fp
-    b, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats, 96, "fp32")
+    b, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats, **WINDOWS)
     assert computed and b.key != a.key
-    c, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats.select(range(10)), 96, "fp32")
+    c, computed = load_or_compute(tmp_path, teacher.model, fp2, teacher.tokenizer, feats.select(range(10)), **WINDOWS)
     assert computed and c.key not in (a.key, b.key)
 
 
 def test_a_tampered_cache_is_an_error_not_silently_reused(setup, tmp_path):
     teacher, feats = setup
     fp = model_fingerprint(teacher.model)
-    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
     meta = json.loads((logits.path / "meta.json").read_text())
     meta["windows"] = 3
     (logits.path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(StaleCacheError, match="does not match"):
-        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
 
 
 def test_a_cache_overwritten_with_garbage_of_the_same_size_is_refused(setup, tmp_path):
     teacher, feats = setup
     fp = model_fingerprint(teacher.model)
-    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+    logits, _ = load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
     array = logits.path / "end.npy"
     size = array.stat().st_size
     with open(array, "r+b") as f:  # keep the .npy header, so the file still loads with its shape
@@ -77,7 +79,7 @@ def test_a_cache_overwritten_with_garbage_of_the_same_size_is_refused(setup, tmp
         f.write(np.random.default_rng(0).bytes(4096))
     assert array.stat().st_size == size
     with pytest.raises(StaleCacheError, match="checksums"):
-        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, 96, "fp32")
+        load_or_compute(tmp_path, teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
 
 
 def test_a_killed_computation_leaves_no_temporary_directory_behind(setup, tmp_path):
@@ -92,5 +94,5 @@ def test_a_killed_computation_leaves_no_temporary_directory_behind(setup, tmp_pa
     (stale / "start.npy").write_bytes(b"half")
     live = root / f"def.tmp-{__import__('os').getpid()}"  # this process: still computing
     live.mkdir()
-    load_or_compute(tmp_path, teacher.model, model_fingerprint(teacher.model), teacher.tokenizer, feats, 96, "fp32")
+    load_or_compute(tmp_path, teacher.model, model_fingerprint(teacher.model), teacher.tokenizer, feats, **WINDOWS)
     assert not stale.exists() and live.exists()

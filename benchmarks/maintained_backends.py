@@ -1,0 +1,173 @@
+"""Forward pass at batch 1: the predictor's backends against their maintained replacements.
+
+torch.jit (the traced graphs of every backend) and torch.ao quantisation (int8) are deprecated
+in torch 2.13. For each model this times, side by side in rotating turns on the windows of
+`--questions` dev questions asked one at a time:
+
+- `traced <backend>`: what `QAPredictor(model, backend).forward` runs now;
+- `onnx fp32`, `onnx int8`: the model exported by `torch.onnx.export` (the torch.export-based
+  exporter, opset 23, where attention is one fused `Attention` node) and run by ONNX Runtime;
+  int8 by ONNX Runtime's dynamic quantisation, chosen as ours is (weights per output channel,
+  the QA head float32, inputs on all 256 levels where the CPU has VNNI);
+- `eager bf16`: the bf16 model called directly, no graph.
+
+Accuracy against the current path of the same precision: the largest logit difference and the
+share of start/end argmaxes that agree on the same windows. Writes
+experiments/results/maintained-backends-bench.{csv,md}. Needs the `bench` extra
+(`pip install -e '.[bench]'`: onnx, onnxscript, onnxruntime).
+
+    python benchmarks/maintained_backends.py --model distilled=DIR --model teacher=DIR [--questions 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from forward_graphs import Inputs, question_batches, time_variants
+from torch import nn
+
+from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
+from qa_distill.data import load_questions
+from qa_distill.hardware import cpu_name, int8_products_exact
+from qa_distill.predictor import QAPredictor
+from qa_distill.tables import write_tables
+from qa_distill.tracing import MASK, EagerLogits, Logits, StartEnd, example_inputs
+
+Forward = Callable[[Inputs], Logits]
+OPSET = 23  # the first opset with a standard `Attention` operator
+# candidate -> the current backend it would replace
+REPLACES = {"onnx int8": "int8", "onnx fp32": "fp32", "eager bf16": "bf16"}
+
+
+def export_onnx(model: nn.Module, names: Sequence[str], path: Path) -> Path:
+    """`model` (inputs `names`, outputs start and end logits) as ONNX, any batch and length."""
+    from torch.export import Dim
+
+    example = example_inputs(names, model.config.vocab_size, [16, 10] if MASK in names else [16, 16])
+    axes = {0: Dim("batch"), 1: Dim("sequence", max=model.config.max_position_embeddings)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names
+        torch.onnx.export(
+            StartEnd(model, names).eval(), tuple(example[name] for name in names), str(path),
+            input_names=list(names), output_names=["start_logits", "end_logits"],
+            dynamic_shapes=(tuple(axes for _ in names),), dynamo=True, optimize=True, opset_version=OPSET,
+        )
+    return path
+
+
+def quantize_onnx_int8(source: Path, target: Path) -> Path:
+    """Dynamic int8 of every weight matrix product but the QA head's, one scale per output channel."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = {tensor.name for tensor in graph.initializer}
+
+    def in_head(node) -> bool:
+        return any(p.key == "namespace" and "qa_outputs" in p.value for p in node.metadata_props)
+
+    keep_float = [node.name for node in graph.node
+                  if node.op_type == "MatMul" and (node.input[1] not in weights or in_head(node))]
+    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True,
+                     reduce_range=not int8_products_exact(), weight_type=QuantType.QInt8,
+                     nodes_to_exclude=keep_float)
+    return target
+
+
+def onnx_logits(model: nn.Module, names: Sequence[str], int8: bool, threads: int) -> Forward:
+    """ONNX Runtime sessions of `model`: one given the mask, one without it for unpadded batches
+    (as the traced graphs are)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    sessions = []
+    with tempfile.TemporaryDirectory(prefix="qa-distill-onnx-") as tmp:
+        for i, graph_names in enumerate([list(names), [n for n in names if n != MASK]]):
+            path = export_onnx(model, graph_names, Path(tmp) / f"{i}.onnx")
+            if int8:
+                path = quantize_onnx_int8(path, path.with_suffix(".int8.onnx"))
+            sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+
+    def forward(inputs: Inputs) -> Logits:
+        session = sessions[1] if bool(inputs[MASK].all()) else sessions[0]
+        feed = {arg.name: np.ascontiguousarray(inputs[arg.name].numpy()) for arg in session.get_inputs()}
+        start, end = session.run(None, feed)
+        return torch.from_numpy(start), torch.from_numpy(end)
+
+    return forward
+
+
+def candidates(source: str, threads: int) -> tuple[dict[str, Forward], dict[str, float], QAPredictor]:
+    """Every forward pass of `source` to time, and the seconds each took to build."""
+    runs: dict[str, Forward] = {}
+    build: dict[str, float] = {}
+
+    def timed(name: str, make: Callable[[], Forward]) -> None:
+        began = time.perf_counter()
+        runs[name] = make()
+        build[name] = time.perf_counter() - began
+
+    for backend in ("int8", "fp32", "bf16"):
+        timed(f"traced {backend}", lambda b=backend: QAPredictor(source, b).forward)
+    fp32 = QAPredictor(source, "fp32")
+    timed("onnx int8", lambda: onnx_logits(fp32.model, fp32.input_names, True, threads))
+    timed("onnx fp32", lambda: onnx_logits(fp32.model, fp32.input_names, False, threads))
+    timed("eager bf16", lambda: EagerLogits(QAPredictor(source, "fp32").model.to(torch.bfloat16), fp32.input_names))
+    return runs, build, fp32
+
+
+@torch.inference_mode()
+def agreement(ours: Forward, theirs: Forward, batches: list[Inputs]) -> tuple[float, float]:
+    """Largest absolute logit difference, and the share of start/end argmaxes that agree."""
+    diff, agree = 0.0, []
+    for inputs in batches:
+        for a, b in zip(ours(inputs), theirs(inputs), strict=True):
+            a, b = a.float(), b.float()
+            diff = max(diff, (a - b).abs().max().item())
+            agree.append((a.argmax(-1) == b.argmax(-1)).float().mean().item())
+    return diff, float(np.mean(agree))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=SOURCE")
+    parser.add_argument("--dev-json", default=str(DEFAULT_DEV_JSON))
+    parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    questions = load_questions(args.dev_json, args.questions, seed=1)
+    rows = []
+    for name, source in (spec.split("=", 1) for spec in args.model):
+        runs, build, fp32 = candidates(source, args.threads)
+        batches = question_batches(fp32, questions)
+        seconds = time_variants(runs, batches, args.repeats)
+        for forward, values in seconds.items():
+            ms = 1000.0 * np.asarray(values)
+            current = f"traced {REPLACES.get(forward, forward.split()[-1])}"
+            diff, agree = agreement(runs[forward], runs[current], batches)
+            rows.append({"cpu": cpu_name(), "model": name, "forward": forward, "median_ms": float(np.median(ms)),
+                         "p90_ms": float(np.percentile(ms, 90)), "build_s": build[forward], "vs": current,
+                         "max_abs_diff": diff, "argmax_agree": agree, "windows": len(batches),
+                         "repeats": args.repeats, "threads": args.threads})
+    table = pd.DataFrame(rows)
+    by_name = table.set_index(["model", "forward"])["median_ms"]
+    table["time_vs_current"] = [row.median_ms / by_name[row.model, row.vs] for row in table.itertuples()]
+    csv, md = write_tables(table, RESULTS_DIR / "maintained-backends-bench")
+    print(table.to_string(index=False))
+    print(f"({csv}, {md})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Recipes become typed configuration (`config.py`), or a clear error before any work starts.
+
+A run's configuration is built in layers, each winning over the one before: dataclass defaults,
+the recipe's shared sections (`experiments/<recipe>.yaml`: `data`, `model`, `training`,
+`distillation`, `tracking`, `search`, `speed`), the recipe's section for the role (`teacher`,
+`student`, `distill`), `section.key=value` overrides, then explicit arguments (a command's own
+flags, also keyed `section.key`; an empty one leaves the layers below in place).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from qa_distill.config import (
+    BACKENDS,
+    EXPERIMENTS_DIR,
+    PROJECT_ROOT,
+    ROLES,
+    SECTIONS,
+    RunConfig,
+    SearchConfig,
+    SpeedConfig,
+    TrackingConfig,
+    check_distillation,
+)
+from qa_distill.errors import ConfigError
+
+Overrides = list[str] | str | None
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe name from `experiments/`, or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = EXPERIMENTS_DIR / f"{recipe}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {recipe!r}: expected one of {known} or a YAML file")
+    return path
+
+
+def _items(value: Any) -> list[Any]:
+    """A list setting from YAML (a list) or from one command-line string (space-separated)."""
+    return value.split() if isinstance(value, str) else list(value)
+
+
+def _coerce(value: Any, type_hint: Any, name: str) -> Any:
+    """Turn a YAML/CLI value into the field's type, with an error that names the field."""
+    if value is None:
+        return None
+    text = type_hint.__name__ if isinstance(type_hint, type) else str(type_hint)  # "float", "int | None"
+    try:
+        if text == "tuple[float, float]":
+            low, high = (float(v) for v in _items(value))
+            return low, high
+        if text.startswith(("tuple[str", "list[str")):
+            items = [word for v in _items(value) for word in str(v).split()]
+            return tuple(items) if text.startswith("tuple") else items
+        if "bool" in text and not isinstance(value, bool):
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        if text.startswith("int") and not isinstance(value, bool):
+            number = float(value) if isinstance(value, float) else int(value)
+            if number != int(number):
+                raise ConfigError(f"{name}: {value!r} is not a whole number")
+            return int(number)
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {text}") from None
+    return value
+
+
+def _apply(config: RunConfig, section: str, values: Mapping[str, Any], source: str) -> None:
+    target = getattr(config, section)
+    hints = get_type_hints(type(target))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown setting {section}.{key} (known: {sorted(hints)})")
+        setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def _apply_sections(config: RunConfig, sections: Mapping[str, Any] | None, source: str) -> None:
+    for section, values in (sections or {}).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {list(SECTIONS)})")
+        _apply(config, section, values or {}, source)
+
+
+def parse_overrides(overrides: Overrides) -> dict[str, dict[str, Any]]:
+    """`["training.epochs=1", "data.train_questions=2000"]` -> nested dict (values parsed as YAML).
+
+    A string is split on whitespace, for MLproject parameters.
+    """
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    nested: dict[str, dict[str, Any]] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. training.epochs=1")
+        nested.setdefault(section, {})[name] = yaml.safe_load(raw) if raw else None
+    return nested
+
+
+def _nest(explicit: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """`{"distillation.alpha": 0.3, "data.data": ""}` -> nested dict, without the empty values."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in (explicit or {}).items():
+        if isinstance(value, list | tuple) and not any(str(v).strip() for v in value):
+            continue
+        if value is None or value == "":
+            continue
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _resolve_relative(path: str, base: Path) -> str:
+    """Recipe paths are relative to the project root, not to wherever the command runs."""
+    if not path or "://" in path or ":" in path.split("/")[0]:
+        return path
+    candidate = Path(path)
+    if candidate.is_absolute() or not (path.startswith(".") or "/" in path):
+        return path
+    return str((base / candidate).resolve())
+
+
+def read_recipe(recipe: str) -> tuple[Path, dict[str, Any]]:
+    """A recipe's path and its parsed YAML, checked for unknown top-level keys."""
+    path = recipe_path(recipe)
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    unknown = set(spec) - set(SECTIONS) - set(ROLES) - {"description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return path, spec
+
+
+def _layered(recipe: str, role: str, overrides: Overrides, explicit: Mapping[str, Any] | None) -> RunConfig:
+    path, spec = read_recipe(recipe)
+    config = RunConfig(recipe=path.stem, role=role)
+    _apply_sections(config, {k: v for k, v in spec.items() if k in SECTIONS}, str(path))
+    if role:
+        _apply_sections(config, spec.get(role) or {}, f"{path} [{role}]")
+    for attr in ("data", "train_file", "dev_file"):
+        value = getattr(config.data, attr)
+        if value:
+            setattr(config.data, attr, _resolve_relative(value, PROJECT_ROOT))
+    _apply_sections(config, parse_overrides(overrides), "override")
+    _apply_sections(config, _nest(explicit), "argument")
+    return config
+
+
+def load_config(
+    recipe: str,
+    role: str,
+    overrides: Overrides = None,
+    *,
+    explicit: Mapping[str, Any] | None = None,
+    output_dir: str | None = None,
+) -> RunConfig:
+    """The configuration of one run of `role` from `recipe`, then overrides, then `explicit`
+    (`section.key -> value`, a command's own flags), checked."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}: expected one of {ROLES}")
+    config = _layered(recipe, role, overrides, explicit)
+    config.output_dir = output_dir or str(PROJECT_ROOT / "outputs" / config.recipe / role)
+    validate(config)
+    return config
+
+
+def load_tracking(recipe: str, experiment: str | None = None) -> TrackingConfig:
+    """The tracking settings of commands outside the training roles (report, speedtest, main):
+    the recipe's shared `tracking` section, then `experiment` if given."""
+    return _layered(recipe, "", None, {"tracking.experiment": experiment}).tracking
+
+
+def load_speed(recipe: str, overrides: Overrides = None, explicit: Mapping[str, Any] | None = None
+               ) -> SpeedConfig:
+    """The speed test's settings: the recipe's `speed` section, overrides, then `explicit`, checked."""
+    speed = _layered(recipe, "", overrides, explicit).speed
+    validate_speed(speed)
+    return speed
+
+
+def validate(config: RunConfig) -> None:
+    """Catch bad values before any data or model is loaded."""
+    d, t, k = config.data, config.training, config.distillation
+    if d.doc_stride >= d.max_length:
+        raise ConfigError(f"data.doc_stride ({d.doc_stride}) must be below data.max_length ({d.max_length})")
+    for name, value in (("data.train_questions", d.train_questions), ("data.dev_questions", d.dev_questions)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if t.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"training.precision must be auto, bf16, fp16 or fp32, got {t.precision!r}")
+    for name, value in (("training.epochs", t.epochs), ("training.learning_rate", t.learning_rate),
+                        ("training.weight_decay", t.weight_decay), ("training.warmup_ratio", t.warmup_ratio)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
+        raise ConfigError("training.epochs, training.learning_rate and training.batch_size must be positive")
+    if k.teacher_batch_size is not None and k.teacher_batch_size <= 0:
+        raise ConfigError(f"distillation.teacher_batch_size must be positive, got {k.teacher_batch_size}")
+    if t.dataloader_workers < 0:
+        raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
+    if config.model.layer_stride < 1:
+        raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
+    for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive (or null for epoch ends only), got {value}")
+    check_distillation(k.temperature, k.alpha)
+    validate_search(config.search)
+    if config.role == "distill" and not k.teacher:
+        raise ConfigError("distill needs a teacher: --teacher PATH|HUB_NAME|runs:/...|models:/...")
+
+
+def validate_search(search: SearchConfig) -> None:
+    """Bad ranges fail before any data is loaded, not at the first trial."""
+    for temperature, alpha in zip(search.temperature_range, search.alpha_range, strict=True):
+        check_distillation(temperature, alpha)
+    if not (search.temperature_range[0] <= search.temperature_range[1]
+            and search.alpha_range[0] <= search.alpha_range[1]):
+        raise ConfigError("search ranges need low <= high, got temperature_range "
+                          f"{list(search.temperature_range)}, alpha_range {list(search.alpha_range)}")
+    if not 0 < search.lr_range[0] <= search.lr_range[1]:
+        raise ConfigError(f"search.lr_range needs 0 < low <= high, got {list(search.lr_range)}")
+    for name, value in (("search.n_trials", search.n_trials), ("search.timeout", search.timeout)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def validate_speed(speed: SpeedConfig) -> None:
+    """Known backends, sensible counts: checked before any model is loaded."""
+    unknown = [b for b in speed.backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {unknown}: expected some of {list(BACKENDS)} "
+                          "(the hf-pipeline baseline is switched on and off by speed.hf_baseline)")
+    if not speed.backends:
+        raise ConfigError(f"no backend to time: give some of {list(BACKENDS)}")
+    for what, value, least in (("questions", speed.questions, 1), ("threads", speed.threads, 1),
+                               ("batch_size", speed.batch_size, 1), ("warmup", speed.warmup, 0)):
+        if value < least:
+            raise ConfigError(f"speed.{what} must be >= {least}, got {value}")

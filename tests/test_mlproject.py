@@ -1,0 +1,45 @@
+"""MLproject and the command line agree: every parameter reaches a flag the entry point accepts.
+
+`mlflow run` fills each `{name}` of an entry point's command with the parameter's value, quoted;
+a parameter the command forgets, or a flag the CLI lacks, would only fail when a user runs it.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qa_distill.cli import build_parser
+
+SPEC = yaml.safe_load((Path(__file__).parent.parent / "MLproject").read_text())
+ENTRY_POINTS = SPEC["entry_points"]
+# values for parameters without a default, and numbers that must parse as their type
+GIVEN = {"model": "models:/qa-distill-cpu-distill/1", "question": "Who?", "context": "Ann did.",
+         "dataset": "dev.json", "predictions": "predictions.json"}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_every_parameter_is_in_the_command_and_the_command_parses(name):
+    entry = ENTRY_POINTS[name]
+    parameters = entry.get("parameters", {})
+    assert set(re.findall(r"\{(\w+)\}", entry["command"])) == set(parameters)
+    values = {key: str(GIVEN.get(key, spec.get("default", ""))) for key, spec in parameters.items()}
+    for key, spec in parameters.items():
+        if spec.get("type") == "float" and values[key]:
+            float(values[key])  # a number's default is a number
+    argv = shlex.split(entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
+    assert argv[0] == "qa-distill"
+    args = build_parser().parse_args(argv[1:])  # SystemExit (exit 2) on an unknown flag or a bad value
+    assert args.command == name
+
+
+def test_a_float_parameter_given_by_mlflow_as_text_is_typed_by_the_configuration():
+    from qa_distill.commands import _config
+
+    values = {"recipe": "cpu", "data": "", "output_dir": "", "teacher": "t", "temperature": "3", "alpha": "0.25",
+              "overrides": "", "experiment": ""}
+    argv = shlex.split(ENTRY_POINTS["distill"]["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
+    config = _config(build_parser().parse_args(argv[1:]), "distill")
+    assert (config.distillation.temperature, config.distillation.alpha) == (3.0, 0.25)
