@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from qa_distill import search
+from qa_distill import search, search_report, study_storage
 from qa_distill.config import RunConfig, load_config
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -120,7 +120,7 @@ def run(config: RunConfig, study: str, n_trials: int = 3, **kwargs: Any) -> dict
 
 
 def load(config: RunConfig, study: str, storage: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=storage or search.default_storage(config))
+    return optuna.load_study(study_name=study, storage=storage or study_storage.default_storage(config))
 
 
 def mlflow_runs(config: RunConfig) -> tuple[list[mlflow.entities.Run], list[mlflow.entities.Run]]:
@@ -167,7 +167,7 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     assert parents[0].data.metrics["best_exact_match"] == result["best_exact_match"]
 
     frame = pd.read_csv(tmp_path / "results" / "s1.csv")
-    assert list(frame.columns[:6]) == search.REPORT_COLUMNS and len(frame) == 3
+    assert list(frame.columns[:6]) == search_report.REPORT_COLUMNS and len(frame) == 3
     for plot in ("history", "importances", "contour", "intermediate"):
         assert (tmp_path / "results" / f"s1-{plot}.png").stat().st_size > 0
         assert_offline_html(tmp_path / "results" / f"s1-{plot}.html")
@@ -244,7 +244,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(config: RunConfig
 
 
 def test_stale_trial_ends_its_mlflow_run_and_is_retried(config: RunConfig):
-    study = search.open_study("stale", search.default_storage(config), sampler_seed=0)
+    study = study_storage.open_study("stale", study_storage.default_storage(config), sampler_seed=0)
     trial = study.ask()
     trial.suggest_float("alpha", 0.0, 1.0)
     experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
@@ -252,7 +252,7 @@ def test_stale_trial_ends_its_mlflow_run_and_is_retried(config: RunConfig):
         run_id = mlflow.active_run().info.run_id
     trial.set_user_attr("mlflow_run_id", run_id)
 
-    search.retry_stale_trial(study, study.trials[0])
+    study_storage.retry_stale_trial(study, study.trials[0])
 
     r = mlflow.get_run(run_id)
     assert (r.info.status, r.data.tags["state"]) == ("FAILED", "FAIL")
