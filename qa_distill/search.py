@@ -25,12 +25,13 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from qa_distill import preflight, processes, tracking
-from qa_distill.config import RunConfig
+from qa_distill.config import RunConfig, SearchConfig
 from qa_distill.distributed import world_size
 from qa_distill.errors import ConfigError
 from qa_distill.evaluate import evaluate_model
 from qa_distill.features import cache_dir
 from qa_distill.mlflow_model import log_qa_model
+from qa_distill.recipes import validate_search
 from qa_distill.runs import (
     Prepared,
     Teacher,
@@ -138,72 +139,52 @@ def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str
     return result
 
 
-def search_params(
-    n_trials: int | None, timeout: float | None, sampler_seed: int, space: SearchSpace
-) -> dict[str, Any]:
-    """The search's own settings, beside the configuration the parent run already logs."""
-    params: dict[str, Any] = {
-        "search.n_trials": n_trials,
-        "search.timeout": timeout,
-        "search.sampler_seed": sampler_seed,
-        "search.temperature_range": list(space.temperature),
-        "search.alpha_range": list(space.alpha),
-    }
-    if space.learning_rate:
-        params["search.lr_range"] = list(space.learning_rate)
+def search_params(search: SearchConfig) -> dict[str, Any]:
+    """The `search` section, beside the configuration the parent run already logs (storage without
+    its password)."""
+    params = {f"search.{key}": value for key, value in dataclasses.asdict(search).items()}
+    params["search.storage"] = redact(search.storage) if search.storage else ""
     return params
 
 
-def run_search(
-    config: RunConfig,
-    n_trials: int | None,
-    timeout: float | None,
-    study_name: str,
-    storage: str | None,
-    sampler_seed: int = 0,
-    temperature_range: tuple[float, float] = (1.0, 10.0),
-    alpha_range: tuple[float, float] = (0.0, 1.0),
-    search_lr: bool = False,
-    lr_range: tuple[float, float] = (1e-5, 3e-4),
-    results_stem: Path | None = None,
-    register_best: bool = True,
-    pruner: BasePruner | None = None,
-) -> dict[str, Any]:
-    """Run `n_trials` trials (or until `timeout` seconds) of the study in this process.
+def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[str, Any]:
+    """Run `config.search.n_trials` trials (or until its `timeout`) of the study in this process.
 
     Counts, best trial and report cover the whole study, including other workers' and earlier
-    runs' trials. The report goes to `results_stem` (default `<output_dir>/report/<study>`).
+    runs' trials. The report goes to `search.results_stem` (default `<output_dir>/report/<study>`).
     """
     began = time.perf_counter()
-    space = SearchSpace(temperature_range, alpha_range, lr_range if search_lr else None)
-    space.check()
+    search = config.search
+    validate_search(search)
     if world_size() > 1:
         raise ConfigError("search runs whole trials per process: start workers on one --storage "
                           "instead of launching it with torchrun or accelerate launch")
-    storage = storage or default_storage(config)
+    space = SearchSpace.of(search)
+    study_name = search.study_name or f"distill-{config.recipe}"
+    storage = search.storage or default_storage(config)
     preflight.connect(config.tracking)
     prepared = prepare(config)
     teacher = load_teacher(config, prepared.student)
     warm_teacher_cache(prepared, teacher)
     k = config.distillation
     baseline = {"temperature": k.temperature, "alpha": k.alpha} if space.contains(k.temperature, k.alpha) else None
-    study = open_study(study_name, storage, sampler_seed, pruner, baseline)
+    study = open_study(study_name, storage, search.sampler_seed, pruner, baseline)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     # a worker killed mid-study never ended its parent run; its trial is retried by Optuna
     processes.close_dead_runs(f"tags.optuna_study = '{study_name}' and tags.role = 'search'")
     tags[processes.PROCESS_TAG] = processes.process_tag()
     with tracking.mlflow_run(config, run_name=study_name, tags=tags) as run:
-        mlflow.log_params(search_params(n_trials, timeout, sampler_seed, space))
+        mlflow.log_params(search_params(search))
         study.optimize(
-            objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+            objective, n_trials=search.n_trials, timeout=search.timeout, catch=(Exception,),
             callbacks=[objective.after_trial], gc_after_trial=True,
         )
         summary = summarise(study, objective.trials_run)
         summary |= score_on_full_dev(objective, summary)
         summary |= {"wall_seconds": time.perf_counter() - began, "storage": redact(storage)}
-        stem = results_stem or Path(config.output_dir) / "report" / study_name
+        stem = Path(search.results_stem) if search.results_stem else Path(config.output_dir) / "report" / study_name
         log_summary(summary, write_report(study, stem))
-        registered = f"qa-distill-{config.recipe}-search-best" if register_best else None
+        registered = f"qa-distill-{config.recipe}-search-best" if search.register else None
         summary["model_uri"] = log_best_model(objective, summary, registered)
         return {**summary, "run_id": run.info.run_id}

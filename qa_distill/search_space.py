@@ -2,7 +2,7 @@
 
 Also the sampler, TPE seeded per trial: several workers share a study and a crashed one resumes
 it, so a trial's parameters follow from (seed, trial number), never from a process's history.
-Ranges are checked before any data is loaded, by the same rule as the recipe's T and alpha.
+The ranges come from the recipe's `search` section, checked with it (`recipes.validate_search`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from qa_distill.config import check_distillation
-from qa_distill.errors import ConfigError
+from qa_distill.config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,10 @@ class SearchSpace:
     def contains(self, temperature: float, alpha: float) -> bool:
         return self.temperature[0] <= temperature <= self.temperature[1] and self.alpha[0] <= alpha <= self.alpha[1]
 
-    def check(self) -> None:
-        """Bad ranges fail before any data is loaded, not at the first trial."""
-        for temperature, alpha in zip(self.temperature, self.alpha, strict=True):
-            check_distillation(temperature, alpha)
-        if not (self.temperature[0] <= self.temperature[1] and self.alpha[0] <= self.alpha[1]):
-            raise ConfigError(f"ranges need low <= high, got T {self.temperature}, alpha {self.alpha}")
-        if self.learning_rate and not 0 < self.learning_rate[0] <= self.learning_rate[1]:
-            raise ConfigError(f"lr range needs 0 < low <= high, got {self.learning_rate}")
+    @classmethod
+    def of(cls, search: SearchConfig) -> SearchSpace:
+        """The space of a `search` section (checked by `recipes.validate_search`)."""
+        return cls(search.temperature_range, search.alpha_range, search.lr_range if search.search_lr else None)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         params = {

@@ -21,7 +21,8 @@ import pytest
 from optuna.trial import TrialState
 
 from qa_distill import search, search_report, study_storage
-from qa_distill.config import RunConfig, load_config
+from qa_distill.config import RunConfig, SearchConfig
+from qa_distill.recipes import load_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 PARAGRAPHS = [
@@ -100,8 +101,8 @@ def make_config(setup: dict[str, Any]) -> RunConfig:
         f"tracking.tracking_uri={setup['tracking_uri']}",
         f"tracking.experiment={setup['experiment']}", "tracking.register_model=false",
     ]
-    return load_config(str(TESTS_DIR / "recipes" / "runs.yaml"), "distill", overrides, data=assets["data"],
-                       output_dir=f"{root}/search", teacher=assets["teacher"])
+    return load_config(str(TESTS_DIR / "recipes" / "runs.yaml"), "distill", overrides, output_dir=f"{root}/search",
+                       explicit={"data.data": assets["data"], "distillation.teacher": assets["teacher"]})
 
 
 @pytest.fixture
@@ -111,12 +112,17 @@ def config(setup: dict[str, Any]) -> RunConfig:
 
 def worker(args: dict[str, Any]) -> dict[str, Any]:
     """One `search` process of the multi-process tests (run via `python -c`)."""
-    return search.run_search(make_config(args["setup"]), args["n_trials"], None, args["study"],
-                             args["storage"], register_best=False)
+    config = make_config(args["setup"])
+    config.search = SearchConfig(n_trials=args["n_trials"], study_name=args["study"], storage=args["storage"],
+                                 register=False)
+    return search.run_search(config)
 
 
-def run(config: RunConfig, study: str, n_trials: int = 3, **kwargs: Any) -> dict[str, Any]:
-    return search.run_search(config, n_trials, None, study, None, **kwargs)
+def run(config: RunConfig, study: str, n_trials: int = 3, pruner: optuna.pruners.BasePruner | None = None,
+        **settings: Any) -> dict[str, Any]:
+    """One study of `config` in this process; `settings` are those of its `search` section."""
+    config.search = SearchConfig(n_trials=n_trials, study_name=study, **settings)
+    return search.run_search(config, pruner=pruner)
 
 
 def load(config: RunConfig, study: str, storage: str | None = None) -> optuna.Study:
@@ -140,7 +146,7 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
     from .conftest import assert_offline_html  # not at the top: workers import this file as a script
 
     stem = tmp_path / "results" / "s1"
-    result = run(config, "s1", results_stem=stem, register_best=True)
+    result = run(config, "s1", results_stem=str(stem), register=True)
 
     study = load(config, "s1")
     trials = study.trials
@@ -183,8 +189,8 @@ def test_study_logs_one_parent_and_a_nested_run_per_trial(config: RunConfig, tmp
 
 @pytest.mark.slow
 def test_rerun_resumes_the_study(config: RunConfig):
-    first = run(config, "resume", n_trials=3, register_best=False)
-    second = run(config, "resume", n_trials=2, register_best=False)
+    first = run(config, "resume", n_trials=3, register=False)
+    second = run(config, "resume", n_trials=2, register=False)
 
     assert first["trials_run"] == [0, 1, 2] and second["trials_run"] == [3, 4]
     assert [t.number for t in load(config, "resume").trials] == [0, 1, 2, 3, 4]
@@ -203,7 +209,7 @@ def test_failing_trial_is_failed_and_the_study_goes_on(config: RunConfig, monkey
         return real(p, *args, **kwargs)
 
     monkeypatch.setattr(search, "train_distill", fail_trial_1)
-    result = run(config, "fails", register_best=False)
+    result = run(config, "fails", register=False)
 
     states = [t.state for t in load(config, "fails").trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
@@ -217,7 +223,7 @@ def test_failing_trial_is_failed_and_the_study_goes_on(config: RunConfig, monkey
 def test_the_last_evaluation_never_prunes(config: RunConfig):
     config.training.epochs = 1  # one evaluation, after the last step: nothing left to save
     always = optuna.pruners.ThresholdPruner(lower=1000.0)
-    result = run(config, "last-epoch", n_trials=2, pruner=always, register_best=False)
+    result = run(config, "last-epoch", n_trials=2, pruner=always, register=False)
 
     trials = load(config, "last-epoch").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -228,7 +234,7 @@ def test_the_last_evaluation_never_prunes(config: RunConfig):
 @pytest.mark.slow
 def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(config: RunConfig, tmp_path: Path):
     always = optuna.pruners.ThresholdPruner(lower=1000.0)
-    result = run(config, "prunes", n_trials=2, pruner=always, results_stem=tmp_path / "r" / "p")
+    result = run(config, "prunes", n_trials=2, pruner=always, results_stem=str(tmp_path / "r" / "p"))
 
     trials = load(config, "prunes").trials
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
