@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
+from qa_distill.data import load_questions
 from qa_distill.features import encode_windows
 from qa_distill.predictor import QAPredictor
-from qa_distill.speed import load_questions
 from qa_distill.tables import write_tables
+from qa_distill.timing import in_turns
 from qa_distill.tracing import EagerLogits, TracedLogits
 
 Inputs = dict[str, torch.Tensor]
@@ -59,19 +60,17 @@ def variants(predictor: QAPredictor) -> dict[str, Callable[[Inputs], object]]:
 @torch.inference_mode()
 def time_variants(runs: dict[str, Callable[[Inputs], object]], batches: list[Inputs],
                   repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, taking turns on every batch (a slow spell hits all)."""
+    """Seconds per call of each variant, taking turns on every batch (a slow spell hits all),
+    each repeat starting the turns one variant later."""
     for run in runs.values():
         for inputs in batches[:5]:
             run(inputs)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
     for r in range(repeats):
-        for b, inputs in enumerate(batches):
-            shift = (r + b) % len(names)
-            for name in names[shift:] + names[:shift]:
-                began = time.perf_counter()
-                runs[name](inputs)
-                seconds[name].append(time.perf_counter() - began)
+        for name, inputs in in_turns(list(runs), batches, first=r):
+            began = time.perf_counter()
+            runs[name](inputs)
+            seconds[name].append(time.perf_counter() - began)
     return seconds
 
 

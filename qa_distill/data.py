@@ -1,5 +1,9 @@
 """SQuAD v1.1 from the hub or from local JSON, validated, with seeded subsets.
 
+Two samplers, for two uses: `load_split` gives training and evaluation a validated `Dataset`;
+`load_questions` gives the speed test and benchmarks plain dev questions with their gold
+texts, the same ones for a seed, so question sets timed at different times stay comparable.
+
 Every record has the hub's `squad` schema: id, title, context, question,
 answers = {text: [...], answer_start: [...]}. Validation happens on load, so a bad file fails in
 seconds with the file and question id, not hours into training.
@@ -11,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +24,7 @@ from typing import Any
 from datasets import Dataset
 
 from qa_distill.config import DataConfig
-from qa_distill.errors import DataError
+from qa_distill.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +231,20 @@ def load_split(config: DataConfig, name: str) -> Split:
     else:
         split = _hub_split(config.data, "train" if name == "train" else "validation", config)
     return _subset(split, n, config.subset_seed)
+
+
+def load_questions(dev_json: str | Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A seeded sample of `n` answerable questions (all of them if fewer): id, question, context,
+    answers (gold texts). Questions without a gold answer cannot be scored, so they are left out.
+    """
+    if n <= 0:
+        raise ConfigError(f"questions must be >= 1, got {n}")
+    records = [r for r in read_squad_json(dev_json) if r["answers"]["text"]]
+    if not records:
+        raise DataError(f"{dev_json}: no question has a gold answer")
+    chosen = random.Random(seed).sample(records, min(n, len(records)))
+    return [
+        {"id": r["id"], "question": r["question"], "context": r["context"],
+         "answers": list(r["answers"]["text"])}
+        for r in chosen
+    ]

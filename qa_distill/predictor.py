@@ -116,3 +116,8 @@ class QAPredictor:
 
     def answer(self, question: str, context: str) -> str:
         return self.answer_batch([question], [context])[0]
+
+
+def predict(model: str, question: str, context: str, backend: str = "fp32") -> str:
+    """One answer from a model of any source (`qa-distill predict`)."""
+    return QAPredictor(model, backend).answer(question, context)

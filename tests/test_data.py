@@ -5,8 +5,8 @@ import json
 import pytest
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split, read_squad_json
-from qa_distill.errors import DataError
+from qa_distill.data import load_questions, load_split, read_squad_json
+from qa_distill.errors import ConfigError, DataError
 
 from .conftest import DEV_JSON, write_squad
 
@@ -102,3 +102,22 @@ def test_an_answer_start_that_is_not_an_offset_names_the_question(tmp_path, star
     path = _one(tmp_path, [("q-9", "Which?", [("Ada", start)])], context="Ada wrote it.")
     with pytest.raises(DataError, match=r"question 'q-9' has answer_start .*not a character offset"):
         load_split(DataConfig(data=str(path)), "train")
+
+
+def test_load_questions_is_a_seeded_sample_of_answerable_questions(tmp_path):
+    questions = load_questions(DEV_JSON, 8, seed=0)
+    assert len(questions) == 8 and len({q["id"] for q in questions}) == 8
+    # The same questions as every earlier speed test with this seed: timed sets stay comparable.
+    assert [q["id"] for q in questions[:3]] == ["5727404b708984140094db5c", "5728f50baf94a219006a9e57",
+                                              "56bec6ac3aeaaa14008c93fd"]
+    assert questions == load_questions(DEV_JSON, 8, seed=0)
+    assert questions != load_questions(DEV_JSON, 8, seed=1)
+    for q in questions:
+        assert set(q) == {"id", "question", "context", "answers"}
+        assert q["answers"] and all(a in q["context"] for a in q["answers"])
+    path = _one(tmp_path, [("q-ok", "Who?", [("Ada Lovelace", 0)]), ("q-empty", "When?", [])])
+    assert [q["id"] for q in load_questions(path, 5)] == ["q-ok"]  # all there are, answerable only
+    with pytest.raises(ConfigError, match="questions must be >= 1, got 0"):
+        load_questions(path, 0)
+    with pytest.raises(DataError, match="no question has a gold answer"):
+        load_questions(_one(tmp_path, [("q-empty", "When?", [])]), 1)

@@ -126,9 +126,9 @@ def _post(server: dict, payload: dict) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    from qa_distill.speed import load_questions
+    from qa_distill.data import load_questions
 
-    return [{"question": q["question"], "context": q["context"]} for q in load_questions(str(DEV_JSON), 3)]
+    return [{"question": q["question"], "context": q["context"]} for q in load_questions(DEV_JSON, 3)]
 
 
 def test_good_requests_get_an_answer_per_row(server, rows, tiny_bert):

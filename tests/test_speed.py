@@ -13,12 +13,14 @@ from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 
 from qa_distill import speed
 from qa_distill.config import DataConfig, TrackingConfig
-from qa_distill.data import load_split
+from qa_distill.data import load_questions, load_split
 from qa_distill.errors import ConfigError, ModelError
 from qa_distill.features import build_features
+from qa_distill.hf_baseline import HFPipelineBaseline
 from qa_distill.metrics import squad_scores
-from qa_distill.models import load_qa_model
-from qa_distill.predictor import QAPredictor
+from qa_distill.models import load_qa_model, random_weight_model
+from qa_distill.predictor import QAPredictor, predict
+from qa_distill.tables import write_tables
 
 from .conftest import DEV_JSON, assert_offline_html, minilm_path, save_tiny
 
@@ -42,7 +44,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def questions() -> list[dict]:
-    return speed.load_questions(DEV, 8, seed=0)
+    return load_questions(DEV, 8, seed=0)
 
 
 def _answers(answerer, questions: list[dict]) -> list[str]:
@@ -57,15 +59,6 @@ def _same(a: list[str], b: list[str]) -> int:
 @pytest.fixture(scope="module")
 def fp32_answers(tiny_model, questions) -> list[str]:
     return _answers(QAPredictor(tiny_model, "fp32"), questions)
-
-
-def test_load_questions_is_a_seeded_sample(questions):
-    assert len(questions) == 8 and len({q["id"] for q in questions}) == 8
-    assert questions == speed.load_questions(DEV, 8, seed=0)
-    assert questions != speed.load_questions(DEV, 8, seed=1)
-    for q in questions:
-        assert set(q) == {"id", "question", "context", "answers"}
-        assert q["answers"] and all(a in q["context"] for a in q["answers"])
 
 
 def test_padding_and_bf16_keep_the_fp32_answers(tiny_model, questions, fp32_answers):
@@ -107,7 +100,7 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
     out = tmp_path_factory.mktemp("trained")
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return str(out), speed.load_questions(str(dev_sample / "train-sample.json"), len(split.dataset))
+    return str(out), load_questions(dev_sample / "train-sample.json", len(split.dataset))
 
 
 @pytest.mark.slow
@@ -134,24 +127,24 @@ def test_int8_quantises_the_encoder_but_not_the_qa_head(tiny_model):
 
 
 def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
-    default = speed.HFPipelineBaseline(tiny_model)
+    default = HFPipelineBaseline(tiny_model)
     assert (default.max_length, default.stride, default.max_answer_len) == (384, 128, 15)
     answers = _answers(default, questions)
     assert len(answers) == len(questions) and all(answers)
     # Word alignment only widens the span it is given to whole words.
-    by_offsets = _answers(speed.HFPipelineBaseline(tiny_model, align_to_words=False), questions)
+    by_offsets = _answers(HFPipelineBaseline(tiny_model, align_to_words=False), questions)
     for wide, narrow in zip(answers, by_offsets, strict=True):
         assert narrow in wide
     # Given our predictor's answer length and offsets, the v4 scoring (per-window softmax
     # product, full span grid) picks the same span as ours (logit sum of the top-20 starts and
     # ends) inside one window; these questions fit in one window but allow one miss anyway.
-    matched = speed.HFPipelineBaseline(tiny_model, max_answer_len=30, align_to_words=False)
+    matched = HFPipelineBaseline(tiny_model, max_answer_len=30, align_to_words=False)
     assert _same(_answers(matched, questions), fp32_answers) >= len(questions) - 1
 
 
-def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
-    results = speed.speed_results(
-        {"tiny": tiny_model}, ["fp32", "int8"], questions, threads=1, warmup=2, batch_size=3
+def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
+    results = speed.time_models(
+        speed.check_models({"tiny": tiny_model}), ["fp32", "int8"], questions, threads=1, warmup=2, batch_size=3
     )
     assert [(r.model, r.backend) for r in results] == [
         ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8")
@@ -176,40 +169,16 @@ def test_speed_results_figures_and_scores(tiny_model, questions, fp32_answers):
     assert "speedup_vs_teacher_hf" not in table
 
 
-def test_measure_takes_turns_batch_by_batch(questions, capsys):
-    calls = []
-
-    class Recorder:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def answer_batch(self, qs: list[str], contexts: list[str]) -> list[str]:
-            calls.append((self.name, len(qs)))
-            return [self.name] * len(qs)
-
-    answerers = {("a", "fp32"): Recorder("a"), ("b", "int8"): Recorder("b")}
-    timings = speed.measure(answerers, questions, warmup=1, batch_size=4)
-    assert calls[:2] == [("a", 1), ("b", 1)]  # warm-up
-    # 8 questions, blocks of 4. Block 1: a alone on each question, then batched; then b.
-    # Block 2 starts with b.
-    turns = [("a", 1)] * 4 + [("a", 4)] + [("b", 1)] * 4 + [("b", 4)]
-    assert calls[2:] == turns + turns[5:] + turns[:5]
-    for (name, _), timing in timings.items():
-        assert len(timing.seconds) == len(questions) and all(t > 0 for t in timing.seconds)
-        assert timing.answers == {q["id"]: name for q in questions} and timing.batched_seconds > 0
-    assert capsys.readouterr().err.startswith("speed test: 16/16 questions (100%)")  # 2 answerers x 8
-
-
 def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
-    table = speed.results_table(speed.speed_results(
-        {"teacher": tiny_model, "student": tiny_model}, ["fp32"], questions[:2], threads=1,
+    table = speed.results_table(speed.time_models(
+        speed.check_models({"teacher": tiny_model, "student": tiny_model}), ["fp32"], questions[:2], threads=1,
         warmup=0,
     ))
     teacher_hf = table.query("model == 'teacher' and backend == 'hf-pipeline'")["p50_ms"].item()
     assert table["speedup_vs_teacher_hf"].tolist() == pytest.approx(
         (teacher_hf / table["p50_ms"]).tolist()
     )
-    csv, md = speed.write_tables(table, tmp_path / "sub" / "speed")
+    csv, md = write_tables(table, tmp_path / "sub" / "speed")
     assert (csv.name, md.name) == ("speed.csv", "speed.md")
     assert pd.read_csv(csv)["p50_ms"].tolist() == pytest.approx(table["p50_ms"].tolist())
     lines = md.read_text().splitlines()
@@ -317,7 +286,7 @@ def test_parse_models():
 
 @pytest.mark.slow
 def test_random_weight_model_is_distilbert_base(tmp_path, questions):
-    path = speed.random_weight_model("distilbert-base-uncased", tmp_path / "distilbert")
+    path = random_weight_model("distilbert-base-uncased", tmp_path / "distilbert")
     predictor = QAPredictor(path)
     config = predictor.model.config
     assert (config.model_type, config.n_layers, config.dim, config.vocab_size) == (
@@ -325,13 +294,13 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
     )
     assert "token_type_ids" not in predictor.input_names
     q = questions[0]
-    for answerer in (predictor, speed.HFPipelineBaseline(path)):
+    for answerer in (predictor, HFPipelineBaseline(path)):
         answer = answerer.answer(q["question"], q["context"])
         assert answer and answer in q["context"]
     with pytest.raises(ConfigError, match="roberta-base"):
-        speed.random_weight_model("roberta-base", tmp_path / "roberta")
+        random_weight_model("roberta-base", tmp_path / "roberta")
 
 
 def test_predict(tiny_model, questions, fp32_answers):
     q = questions[0]
-    assert speed.predict(tiny_model, q["question"], q["context"]) == fp32_answers[0]
+    assert predict(tiny_model, q["question"], q["context"]) == fp32_answers[0]
