@@ -23,17 +23,23 @@ import pandas as pd
 import torch
 import transformers
 
-from qa_distill.config import BACKENDS, RESULTS_DIR, TrackingConfig, launched_by_mlflow_run, tracking_uri
+from qa_distill.config import (
+    DEFAULT_DEV_JSON,
+    RESULTS_DIR,
+    SpeedConfig,
+    TrackingConfig,
+    launched_by_mlflow_run,
+    tracking_uri,
+)
 from qa_distill.data import load_questions
 from qa_distill.errors import ConfigError, ModelError
 from qa_distill.hardware import cpu_name
 from qa_distill.hf_baseline import HFPipelineBaseline
 from qa_distill.metrics import squad_scores
 from qa_distill.models import load_config, load_tokenizer, resolve_source
-from qa_distill.models import random_weight_model as random_weight_model  # cli.py's import, until it moves
 from qa_distill.predictor import QAPredictor
-from qa_distill.predictor import predict as predict  # cli.py's import, until it moves
 from qa_distill.progress import announce
+from qa_distill.recipes import validate_speed
 from qa_distill.registry import LATENCY_FIGURES, pin_versions, tag_versions
 from qa_distill.tables import write_tables
 from qa_distill.timing import Answerer, Timing, measure
@@ -118,22 +124,6 @@ def _result(
     )
 
 
-def _check_settings(backends: list[str], questions: int, threads: int, batch_size: int,
-                    warmup: int) -> None:
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise ConfigError(
-            f"unknown backend(s) {unknown}: expected some of {list(BACKENDS)} "
-            f"(the {BASELINE} baseline is switched on and off separately)"
-        )
-    if not backends:
-        raise ConfigError(f"no backend to time: give some of {list(BACKENDS)}")
-    for what, value, least in (("questions", questions, 1), ("threads", threads, 1),
-                               ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
-        if value < least:
-            raise ConfigError(f"{what} must be >= {least}, got {value}")
-
-
 def check_models(models: dict[str, str]) -> dict[str, str]:
     """name -> local path (or hub name) of each model, after checking it loads; cheap (config
     and tokenizer only), so a bad source fails before anything is timed."""
@@ -154,34 +144,26 @@ def check_models(models: dict[str, str]) -> dict[str, str]:
     return paths
 
 
-def time_models(
-    paths: dict[str, str],
-    backends: list[str],
-    questions: list[dict[str, Any]],
-    *,
-    threads: int,
-    warmup: int = 10,
-    batch_size: int = 32,
-    include_hf_baseline: bool = True,
-) -> list[SpeedResult]:
+def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: SpeedConfig) -> list[SpeedResult]:
     """Load every (model, backend) first (`paths` from `check_models`), then time them side by
     side (`measure`).
 
-    `batch_size` is both the questions per call of the throughput pass and the predictor's
-    windows per forward pass. Sets torch's global thread count to `threads`.
+    `speed.batch_size` is both the questions per call of the throughput pass and the predictor's
+    windows per forward pass. Sets torch's global thread count to `speed.threads`.
     """
+    backends, threads, batch_size = list(speed.backends), speed.threads, speed.batch_size
     torch.set_num_threads(threads)
     answerers: dict[tuple[str, str], Answerer] = {}
     sizes: dict[tuple[str, str], float] = {}
     for name, path in paths.items():
-        for backend in ([BASELINE] if include_hf_baseline else []) + list(backends):
+        for backend in ([BASELINE] if speed.hf_baseline else []) + backends:
             answerer: Answerer = (
                 HFPipelineBaseline(path) if backend == BASELINE
                 else QAPredictor(path, backend, batch_size=batch_size)
             )
             answerers[name, backend] = answerer
             sizes[name, backend] = model_size_mb(path, answerer.model, quantised=backend == "int8")
-    timings = measure(answerers, questions, warmup, batch_size)
+    timings = measure(answerers, questions, speed.warmup, batch_size)
     results = [
         _result(name, backend, timings[name, backend], answerer, size_mb=sizes[name, backend],
                 questions=questions, batch_size=batch_size, threads=threads)
@@ -221,19 +203,7 @@ def _metric_name(*parts: str) -> str:
     return _METRIC_UNSAFE.sub("_", ".".join(parts))
 
 
-def run_speedtest(
-    models: list[str],
-    dev_json: str,
-    questions: int = 1000,
-    backends: list[str] | None = None,
-    threads: int = 2,
-    batch_size: int = 32,
-    output: str | None = None,
-    hf_baseline: bool = True,
-    tracking: TrackingConfig | None = None,
-    run_name: str = "speedtest",
-    warmup: int = 10,
-) -> pd.DataFrame:
+def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None) -> pd.DataFrame:
     """The `speedtest` entry point: check everything, time in one MLflow run, log, write tables.
 
     A registry source (`models:/<name>/latest`, a stage or an alias) is pinned to the version it
@@ -243,14 +213,15 @@ def run_speedtest(
     `<output minus "-speed">-tradeoff.png/.html`; all are logged as artifacts (the plot also to
     the parent run of a workflow), the tagged figures as metrics `<model>.<backend>.<figure>`.
     """
-    backends = list(BACKENDS) if backends is None else list(backends)
-    _check_settings(backends, questions, threads, batch_size, warmup)
+    validate_speed(speed)
     tracking = tracking or TrackingConfig()
     mlflow.set_tracking_uri(tracking_uri(tracking))  # where models:/ resolve
-    named, versions = pin_versions(parse_models(models))
-    sample = load_questions(dev_json, questions)
+    named, versions = pin_versions(parse_models(speed.models))
+    dev_json = speed.dev_json or str(DEFAULT_DEV_JSON)
+    sample = load_questions(dev_json, speed.questions)
     paths = check_models(named)
-    stem = Path(output) if output else RESULTS_DIR / run_name
+    run_name = speed.run_name or "speedtest"
+    stem = Path(speed.output) if speed.output else RESULTS_DIR / run_name
 
     setup_tracking(tracking)
     run = mlflow.start_run() if launched_by_mlflow_run() else mlflow.start_run(run_name=run_name)
@@ -259,16 +230,15 @@ def run_speedtest(
         # "speed." keeps clear of the parameters `mlflow run` logs itself, as given
         settings = {
             **{f"model.{name}": source for name, source in named.items()},
-            "dev_json": dev_json, "questions": len(sample), "backends": ",".join(backends),
-            "threads": threads, "batch_size": batch_size, "warmup": warmup,
-            "hf_baseline": hf_baseline, "torch": torch.__version__,
+            "dev_json": dev_json, "questions": len(sample), "backends": ",".join(speed.backends),
+            "threads": speed.threads, "batch_size": speed.batch_size, "warmup": speed.warmup,
+            "hf_baseline": speed.hf_baseline, "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         mlflow.log_params({f"speed.{key}": value for key, value in settings.items()})
-        announce(run_name, "cpu", "/".join(backends), threads)
-        results = time_models(paths, backends, sample, threads=threads, warmup=warmup, batch_size=batch_size,
-                              include_hf_baseline=hf_baseline)
+        announce(run_name, "cpu", "/".join(speed.backends), speed.threads)
+        results = time_models(paths, sample, speed)
         df = results_table(results)
         df.insert(1, "version", [versions[name].label if name in versions else "" for name in df["model"]])
         mlflow.log_metrics({
@@ -276,7 +246,7 @@ def run_speedtest(
             for row in df.to_dict("records")
             for figure in LATENCY_FIGURES
         })
-        tag_versions(versions, df, run.info.run_id, cpu, threads)
+        tag_versions(versions, df, run.info.run_id, cpu, speed.threads)
         tables = write_tables(df, stem, _FORMATS)
         answers = stem.with_name(stem.name + "-answers.json")
         answers.write_text(json.dumps({f"{r.model}.{r.backend}": r.answers for r in results}))

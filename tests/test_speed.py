@@ -12,7 +12,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 
 from qa_distill import speed
-from qa_distill.config import DataConfig, TrackingConfig
+from qa_distill.config import DataConfig, SpeedConfig, TrackingConfig
 from qa_distill.data import load_questions, load_split
 from qa_distill.errors import ConfigError, ModelError
 from qa_distill.features import build_features
@@ -143,9 +143,8 @@ def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
 
 
 def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
-    results = speed.time_models(
-        speed.check_models({"tiny": tiny_model}), ["fp32", "int8"], questions, threads=1, warmup=2, batch_size=3
-    )
+    results = speed.time_models(speed.check_models({"tiny": tiny_model}), questions,
+                                SpeedConfig(backends=("fp32", "int8"), threads=1, warmup=2, batch_size=3))
     assert [(r.model, r.backend) for r in results] == [
         ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8")
     ]
@@ -171,8 +170,8 @@ def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
 
 def test_speedup_vs_teacher_and_tables(tiny_model, questions, tmp_path):
     table = speed.results_table(speed.time_models(
-        speed.check_models({"teacher": tiny_model, "student": tiny_model}), ["fp32"], questions[:2], threads=1,
-        warmup=0,
+        speed.check_models({"teacher": tiny_model, "student": tiny_model}), questions[:2],
+        SpeedConfig(backends=("fp32",), threads=1, warmup=0),
     ))
     teacher_hf = table.query("model == 'teacher' and backend == 'hf-pipeline'")["p50_ms"].item()
     assert table["speedup_vs_teacher_hf"].tolist() == pytest.approx(
@@ -205,11 +204,11 @@ def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp
     mlflow.set_experiment("speed-test")
     register_twice(tiny_model, "tiny-registered")
     tracking = TrackingConfig(tracking_uri=tracking_uri, experiment="speed-test")
-    df = speed.run_speedtest(
-        ["tiny=models:/tiny-registered/latest", f"local={tiny_model}"], DEV, questions=3,
-        backends=["fp32"], threads=1, batch_size=2, output=str(tmp_path / "out" / "cpu-speed"), warmup=1,
-        tracking=tracking, run_name="speed-run",
-    )
+    df = speed.run_speedtest(SpeedConfig(
+        models=["tiny=models:/tiny-registered/latest", f"local={tiny_model}"], dev_json=DEV, questions=3,
+        backends=("fp32",), threads=1, batch_size=2, output=str(tmp_path / "out" / "cpu-speed"), warmup=1,
+        run_name="speed-run",
+    ), tracking=tracking)
     assert df[["model", "version", "backend"]].values.tolist() == [
         ["tiny", "tiny-registered/2", "hf-pipeline"], ["tiny", "tiny-registered/2", "fp32"],
         ["local", "", "hf-pipeline"], ["local", "", "fp32"],
@@ -243,11 +242,10 @@ def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp
     parent = client.create_run(run.info.experiment_id)
     created = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
-    speed.run_speedtest(
-        [tiny_model], DEV, questions=1, backends=["int8"], threads=1, warmup=0,
+    speed.run_speedtest(SpeedConfig(
+        models=[tiny_model], dev_json=DEV, questions=1, backends=("int8",), threads=1, warmup=0,
         output=str(tmp_path / "out" / "again"), hf_baseline=False,
-        tracking=tracking,
-    )
+    ), tracking=tracking)
     resumed = mlflow.get_run(created.info.run_id)
     assert resumed.info.status == "FINISHED"
     assert f"{Path(tiny_model).name}.int8.f1" in resumed.data.metrics  # named after its dir
@@ -258,7 +256,7 @@ def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        ({"backends": ["fp32", "fp64"]}, ConfigError, "fp64"),
+        ({"backends": ("fp32", "fp64")}, ConfigError, "fp64"),
         ({"questions": 0}, ConfigError, "questions must be >= 1, got 0"),
         ({"threads": 0}, ConfigError, "threads"),
         ({"models": ["teacher=/nonexistent/model"]}, ModelError, "/nonexistent/model"),
@@ -271,10 +269,10 @@ def test_bad_input_fails_before_timing(tiny_model, tmp_path, monkeypatch, change
 
     monkeypatch.setattr(speed, "measure", no_timing)
     monkeypatch.setattr(speed, "setup_tracking", no_timing)
-    arguments = {"models": [tiny_model], "dev_json": DEV, "questions": 2,
-                 "tracking": TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")}
+    settings = {"models": [tiny_model], "dev_json": DEV, "questions": 2}
     with pytest.raises(error, match=message):
-        speed.run_speedtest(**(arguments | change))
+        speed.run_speedtest(SpeedConfig(**(settings | change)),
+                            tracking=TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
 
 
 def test_parse_models():
