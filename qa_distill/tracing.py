@@ -8,8 +8,8 @@ backend is measured side by side by `benchmarks/forward_graphs.py`
 
 torch.jit is deprecated in torch 2.13 in favour of torch.compile and torch.export, but neither
 replacement is as fast here: torch.compile breaks the graph at every dynamic-int8 layer and
-recompiles as the window length changes, and the eager bf16 model is several times slower than
-its graph (`benchmarks/maintained_backends.py`; README, "Inference backends"). So we trace, with
+recompiles as the window length changes, and the eager model without a graph is slower
+(`benchmarks/maintained_backends.py`; README, "Inference backends"). So we trace, with
 torch pinned below 2.14, check each graph against the eager model on other shapes than the one
 traced, and fall back to the eager model, with a warning, if tracing fails or disagrees.
 Freezing a graph folds constants ahead of time; the two graphs keep about 60 MB more memory than
