@@ -228,6 +228,11 @@ def tracking_uri(config: TrackingConfig) -> str:
     )
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI; None for any other store."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def launched_run_id() -> str | None:
     """The run `mlflow run` created and handed to the entry point (None outside `mlflow run`)."""
     return os.environ.get("MLFLOW_RUN_ID") or None

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from qa_distill.config import TrackingConfig, tracking_uri
+from qa_distill.config import TrackingConfig, sqlite_file, tracking_uri
 from qa_distill.errors import ConfigError
 
 # a checkpoint holds the weights and Adam's two moments; a new one is written before the old is deleted
@@ -54,8 +54,8 @@ def connect(config: TrackingConfig, timeout: float = 10.0) -> str:
     import mlflow
 
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).absolute().parent
+    if (database := sqlite_file(uri)) is not None:
+        folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
     elif uri.startswith(("http://", "https://")):

@@ -19,7 +19,14 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from qa_distill import launched_run
-from qa_distill.config import RunConfig, TrackingConfig, launched_by_mlflow_run, launched_run_id, tracking_uri
+from qa_distill.config import (
+    RunConfig,
+    TrackingConfig,
+    launched_by_mlflow_run,
+    launched_run_id,
+    sqlite_file,
+    tracking_uri,
+)
 from qa_distill.distributed import is_main_process
 
 OUTPUT_DIR_TAG = "qa_distill.output_dir"
@@ -51,9 +58,10 @@ def ensure_experiment(name: str) -> str:
 
 def _artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store beside its database file, whatever the working directory."""
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_file(uri)
+    if database is None:
         return None  # a tracking server decides
-    return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
+    return (database.resolve().parent / "mlruns").as_uri()
 
 
 @contextmanager
