@@ -49,7 +49,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, section: str | None
         text = f.metadata.get("help", "") + (f" (default: {shown})" if shown not in ("", None, []) else "")
         kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}" if section else f.name, "help": text,
                                   "default": None if section else default, "metavar": f.name.upper()}
-        hint = str(hints[f.name])
+        hint = getattr(hints[f.name], "__name__", "") if isinstance(hints[f.name], type) else str(hints[f.name])
         if "bool" in hint:
             kwargs |= {"action": argparse.BooleanOptionalAction, "metavar": None}
         elif hint == "tuple[float, float]":
@@ -57,7 +57,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, section: str | None
         elif hint.startswith("list["):
             kwargs |= {"action": "append", "metavar": "NAME=SOURCE"}
         elif not section and hint in ("int", "float"):
-            kwargs["type"] = int if hint == "int" else float
+            kwargs["type"] = _whole_number if hint == "int" else float
         parser.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
 
 
@@ -151,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", metavar="PREDICTIONS_JSON", help="JSON object of question id -> answer text")
     p.set_defaults(func=commands.score)
     return parser
+
+
+def _whole_number(text: str) -> int:
+    """An argparse type: a whole number, also written as MLflow writes a float parameter ("8.0")."""
+    try:
+        number = float(text)
+        if number == int(number):
+            return int(number)
+    except (ValueError, OverflowError):
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
 
 
 def _positive_int(text: str) -> int:

@@ -69,7 +69,7 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
                 return False
             raise ValueError(value)
         if text.startswith("int") and not isinstance(value, bool):
-            number = float(value) if isinstance(value, float) else int(value)
+            number = float(value) if isinstance(value, float | str) else int(value)  # MLflow passes "8.0"
             if number != int(number):
                 raise ConfigError(f"{name}: {value!r} is not a whole number")
             return int(number)
@@ -77,7 +77,7 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
             return float(value)
         if text.startswith("str"):
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: {value!r} is not a valid {text}") from None
     return value
 
