@@ -237,6 +237,8 @@ def validate_search(search: SearchConfig) -> None:
                           f"{list(search.temperature_range)}, alpha_range {list(search.alpha_range)}")
     if not 0 < search.lr_range[0] <= search.lr_range[1]:
         raise ConfigError(f"search.lr_range needs 0 < low <= high, got {list(search.lr_range)}")
+    if "'" in search.study_name:  # the study's runs are found by an MLflow filter on its name
+        raise ConfigError(f"search.study_name {search.study_name!r} must not contain a quote (')")
     for name, value in (("search.n_trials", search.n_trials), ("search.timeout", search.timeout)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")

@@ -43,7 +43,7 @@ from qa_distill.runs import (
 )
 from qa_distill.search_report import log_summary, summarise, write_report
 from qa_distill.search_space import SearchSpace
-from qa_distill.search_trial import PruningCallback, trial_config, trial_run
+from qa_distill.search_trial import PruningCallback, trial_config, trial_dir, trial_run
 from qa_distill.study_storage import best_number, default_storage, open_study, redact
 
 
@@ -75,7 +75,7 @@ class Objective:
         self.best_here: int | None = None
 
     def trial_dir(self, number: int) -> Path:
-        return Path(self.prepared.config.output_dir) / f"trial-{number}"
+        return trial_dir(self.prepared.config, number)
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = trial_config(self.prepared.config, trial.number, self.space.suggest(trial))

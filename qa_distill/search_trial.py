@@ -69,10 +69,15 @@ def trial_run(config: RunConfig, trial: optuna.Trial) -> Iterator[mlflow.ActiveR
         mlflow.set_tag("state", TrialState.COMPLETE.name)
 
 
+def trial_dir(base: RunConfig, number: int) -> Path:
+    """Where trial `number` of a search with configuration `base` keeps its model."""
+    return Path(base.output_dir) / f"trial-{number}"
+
+
 def trial_config(base: RunConfig, number: int, params: dict[str, float]) -> RunConfig:
     """The run configuration of one trial: its own directory, no resuming, no registering."""
     config = copy.deepcopy(base)
-    config.output_dir = str(Path(base.output_dir) / f"trial-{number}")
+    config.output_dir = str(trial_dir(base, number))
     config.distillation.temperature = params["temperature"]
     config.distillation.alpha = params["alpha"]
     config.training.learning_rate = params.get("learning_rate", base.training.learning_rate)

@@ -172,7 +172,8 @@ def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
      ("search.alpha_range=[0.5,0.2]", "search ranges need low <= high"),
      ("search.lr_range=[0,1e-4]", "search.lr_range needs 0 < low <= high"),
      ("search.temperature_range=[1]", "search.temperature_range: [1] is not a valid tuple"),
-     ("search.n_trials=0", "search.n_trials must be positive")],
+     ("search.n_trials=0", "search.n_trials must be positive"),
+     ("search.study_name=it's", "must not contain a quote")],
 )
 def test_a_bad_search_setting_is_refused_before_any_data(override, message):
     with pytest.raises(ConfigError, match=re.escape(message) if "[" in message else message):
