@@ -14,7 +14,7 @@ from typing import Any
 
 from qa_distill.config import DEFAULT_DEV_JSON, DataConfig, TrackingConfig, WorkflowConfig, check_name
 from qa_distill.errors import ConfigError
-from qa_distill.recipes import load_config, load_speed, load_tracking, recipe_path
+from qa_distill.recipes import load_config, load_speedtest, load_tracking, recipe_path
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -74,11 +74,10 @@ def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     from qa_distill import preflight
     from qa_distill.budgets import speed_stem
 
-    speed = load_speed(args.recipe, overrides(args), explicit(args))
-    recipe = recipe_path(args.recipe).stem
+    config = load_speedtest(args.recipe, overrides(args), explicit(args))
+    speed, tracking, recipe = config.speed, config.tracking, config.recipe
     speed.run_name = check_name(speed.run_name or f"{recipe}-speed", "--run-name")
     speed.dev_json = speed.dev_json or str(DEFAULT_DEV_JSON)
-    tracking = load_tracking(args.recipe, explicit(args).get("tracking.experiment"))
     preflight.connect(tracking)
     from qa_distill.models import random_weight_model
     from qa_distill.speed import run_speedtest

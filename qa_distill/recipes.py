@@ -188,12 +188,13 @@ def load_tracking(recipe: str, experiment: str | None = None) -> TrackingConfig:
     return _layered(recipe, "", None, {"tracking.experiment": experiment}).tracking
 
 
-def load_speed(recipe: str, overrides: Overrides = None, explicit: Mapping[str, Any] | None = None
-               ) -> SpeedConfig:
-    """The speed test's settings: the recipe's `speed` section, overrides, then `explicit`, checked."""
-    speed = _layered(recipe, "", overrides, explicit).speed
-    validate_speed(speed)
-    return speed
+def load_speedtest(recipe: str, overrides: Overrides = None, explicit: Mapping[str, Any] | None = None
+                   ) -> RunConfig:
+    """The speed test's configuration (its `speed` and `tracking` sections): the recipe's shared
+    sections, overrides, then `explicit`; `speed` checked."""
+    config = _layered(recipe, "", overrides, explicit)
+    validate_speed(config.speed)
+    return config
 
 
 def validate(config: RunConfig) -> None:

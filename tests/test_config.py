@@ -148,7 +148,7 @@ def test_unknown_recipe_and_role_are_clear_errors():
 def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
     from qa_distill.cli import build_parser
     from qa_distill.commands import _config, explicit, overrides
-    from qa_distill.recipes import load_speed
+    from qa_distill.recipes import load_speedtest
 
     recipe = tmp_path / "study.yaml"
     recipe.write_text("search:\n  n_trials: 4\n  temperature_range: [1, 4]\n  storage: sqlite:///x.db\n"
@@ -160,8 +160,11 @@ def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
     assert (search.n_trials, search.temperature_range, search.alpha_range) == (7, (1.0, 4.0), (0.2, 0.8))
     assert (search.storage, search.register, search.search_lr) == ("sqlite:///x.db", False, False)
     args = build_parser().parse_args(["speedtest", "--recipe", str(recipe), "--model", "a=/m/a",
-                                      "--model", "b=/m/b c=/m/c", "--threads", "1", "--no-hf-baseline"])
-    speed = load_speed(args.recipe, overrides(args), explicit(args))
+                                      "--model", "b=/m/b c=/m/c", "--threads", "1", "--no-hf-baseline",
+                                      "--set", "tracking.experiment=timed"])
+    config = load_speedtest(args.recipe, overrides(args), explicit(args))
+    speed = config.speed
+    assert config.tracking.experiment == "timed"  # the speed test's runs go where the layers say
     assert speed.models == ["a=/m/a", "b=/m/b", "c=/m/c"] and speed.backends == ("fp32", "int8")
     assert (speed.questions, speed.threads, speed.hf_baseline) == (50, 1, False)
 
@@ -186,7 +189,7 @@ def test_a_bad_search_setting_is_refused_before_any_data(override, message):
      ("speed.backends=[]", "no backend to time")],
 )
 def test_a_bad_speed_setting_is_refused_before_any_model(override, message):
-    from qa_distill.recipes import load_speed
+    from qa_distill.recipes import load_speedtest
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_speed(RECIPE, [override])
+        load_speedtest(RECIPE, [override])

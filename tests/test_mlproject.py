@@ -48,16 +48,16 @@ def test_a_float_parameter_given_by_mlflow_as_text_is_typed_by_the_configuration
 def test_a_whole_number_written_as_a_float_is_taken_and_a_fraction_refused(capsys):
     from qa_distill.commands import explicit, overrides
     from qa_distill.errors import ConfigError
-    from qa_distill.recipes import load_speed
+    from qa_distill.recipes import load_speedtest
 
     args = build_parser().parse_args(["main", "--speed-questions", "500.0", "--threads", "1"])
     assert (args.speed_questions, args.threads) == (500, 1)
     args = build_parser().parse_args(["speedtest", "--questions", "200.0"])
-    assert load_speed(args.recipe, overrides(args), explicit(args)).questions == 200
+    assert load_speedtest(args.recipe, overrides(args), explicit(args)).speed.questions == 200
     with pytest.raises(ConfigError, match="speed.questions: '2.5' is not a whole number"):
-        load_speed("cpu", None, {"speed.questions": "2.5"})
+        load_speedtest("cpu", None, {"speed.questions": "2.5"})
     with pytest.raises(ConfigError, match="speed.questions: 'inf' is not a valid int"):
-        load_speed("cpu", None, {"speed.questions": "inf"})
+        load_speedtest("cpu", None, {"speed.questions": "inf"})
     with pytest.raises(SystemExit):
         build_parser().parse_args(["main", "--threads", "1.5"])
     assert "'1.5' is not a whole number" in capsys.readouterr().err
