@@ -4,6 +4,8 @@ The teacher never changes during distillation, so its logits over the (fixed) tr
 are computed in one inference pass and reused by every epoch, run and search trial. The cache
 is keyed by the teacher's weights, the windows (data, subset, tokenizer, max_length, doc_stride)
 and the precision; a directory whose metadata does not match its key is an error, never reused.
+The key also names the cache's format, so a cache an earlier version wrote in another layout is
+not found (and is computed again) rather than refused as damaged.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from qa_distill.processes import remove_stale_temp_dirs
 from qa_distill.progress import Progress
 
 ARRAYS = ("start.npy", "end.npy")
+FORMAT = 2  # 2: meta.json carries the arrays' SHA-256 (format 1 had no checksums)
 
 
 class StaleCacheError(QaDistillError):
@@ -50,8 +53,11 @@ class TeacherLogits:
         return start.to(indices.device), end.to(indices.device)
 
 
-def cache_key(teacher_fingerprint: str, features: Dataset, max_length: int, precision: str) -> str:
+def cache_key(teacher_fingerprint: str, features: Dataset, max_length: int, precision: str,
+              layout: int = FORMAT) -> str:
     text = f"{teacher_fingerprint}:{features._fingerprint}:{len(features)}:{max_length}:{precision}"
+    if layout > 1:  # format 1's keys named no format
+        text += f":format{layout}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -1,6 +1,7 @@
 """The teacher-logits cache equals a fresh teacher forward pass, and is never used when stale."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from qa_distill.config import DataConfig
 from qa_distill.data import load_split
 from qa_distill.features import build_features
 from qa_distill.models import load_qa_model, model_fingerprint
-from qa_distill.teacher_cache import StaleCacheError, load_or_compute, teacher_forward
+from qa_distill.teacher_cache import StaleCacheError, cache_key, load_or_compute, teacher_forward
 
 WINDOWS = {"max_length": 96, "precision": "fp32"}  # the tiny windows and precision of every cache here
 
@@ -96,3 +97,19 @@ def test_a_killed_computation_leaves_no_temporary_directory_behind(setup, tmp_pa
     live.mkdir()
     load_or_compute(tmp_path, teacher.model, model_fingerprint(teacher.model), teacher.tokenizer, feats, **WINDOWS)
     assert not stale.exists() and live.exists()
+
+
+def test_a_cache_an_earlier_version_wrote_without_checksums_is_computed_again(setup, tmp_path):
+    # What the cpu chain met after the checksums came in: a format-1 cache of the same teacher
+    # and windows (no sha256 in meta.json) was refused as damaged after half an hour of training.
+    teacher, feats = setup
+    fp = model_fingerprint(teacher.model)
+    fresh, _ = load_or_compute(tmp_path / "fresh", teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
+    old = tmp_path / "cache" / "teacher_logits" / cache_key(fp, feats, layout=1, **WINDOWS)
+    shutil.copytree(fresh.path, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["sha256"]
+    (old / "meta.json").write_text(json.dumps(meta | {"key": old.name}))
+    logits, computed = load_or_compute(tmp_path / "cache", teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
+    assert computed and logits.path != old and old.exists()  # not opened, not deleted
+    np.testing.assert_array_equal(logits.start, fresh.start)
