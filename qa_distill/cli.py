@@ -27,6 +27,7 @@ from qa_distill.config import (
     TrackingConfig,
     WorkflowConfig,
     help_of,
+    type_name,
 )
 from qa_distill.errors import Interrupted, QaDistillError
 
@@ -49,7 +50,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, section: str | None
         text = f.metadata.get("help", "") + (f" (default: {shown})" if shown not in ("", None, []) else "")
         kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}" if section else f.name, "help": text,
                                   "default": None if section else default, "metavar": f.name.upper()}
-        hint = getattr(hints[f.name], "__name__", "") if isinstance(hints[f.name], type) else str(hints[f.name])
+        hint = type_name(hints[f.name])
         if "bool" in hint:
             kwargs |= {"action": argparse.BooleanOptionalAction, "metavar": None}
         elif hint == "tuple[float, float]":

@@ -77,7 +77,6 @@ def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     config = load_speedtest(args.recipe, overrides(args), explicit(args))
     speed, tracking, recipe = config.speed, config.tracking, config.recipe
     speed.run_name = check_name(speed.run_name or f"{recipe}-speed", "--run-name")
-    speed.dev_json = speed.dev_json or str(DEFAULT_DEV_JSON)
     preflight.connect(tracking)
     from qa_distill.models import random_weight_model
     from qa_distill.speed import run_speedtest

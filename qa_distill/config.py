@@ -41,6 +41,11 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     return field(default=default, default_factory=factory, metadata=metadata)
 
 
+def type_name(hint: Any) -> str:
+    """A field's type as written in its class: "int", "float | None", "tuple[float, float]"."""
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
 def help_of(section: type, name: str) -> str:
     """The help text of a setting, for the command line and its error messages."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(section)}[name]

@@ -27,6 +27,7 @@ from qa_distill.config import (
     SpeedConfig,
     TrackingConfig,
     check_distillation,
+    type_name,
 )
 from qa_distill.errors import ConfigError
 
@@ -54,7 +55,7 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
     """Turn a YAML/CLI value into the field's type, with an error that names the field."""
     if value is None:
         return None
-    text = type_hint.__name__ if isinstance(type_hint, type) else str(type_hint)  # "float", "int | None"
+    text = type_name(type_hint)
     try:
         if text == "tuple[float, float]":
             low, high = (float(v) for v in _items(value))
