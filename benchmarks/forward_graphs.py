@@ -59,18 +59,25 @@ def variants(predictor: QAPredictor) -> dict[str, Callable[[Inputs], object]]:
 
 @torch.inference_mode()
 def time_variants(runs: dict[str, Callable[[Inputs], object]], batches: list[Inputs],
-                  repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, taking turns on every batch (a slow spell hits all),
-    each repeat starting the turns one variant later."""
+                  repeats: int, block: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each variant, taking turns on every `block` batches (a slow spell hits
+    all), each repeat starting the turns one variant later.
+
+    Variants of one runtime can take turns batch by batch; two runtimes need longer turns, since
+    each leaves its worker threads spinning for a while after a call (OpenMP for torch, ONNX
+    Runtime's own pool) and would otherwise be timed against the other's.
+    """
     for run in runs.values():
         for inputs in batches[:5]:
             run(inputs)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    blocks = [batches[i : i + block] for i in range(0, len(batches), block)]
     for r in range(repeats):
-        for name, inputs in in_turns(list(runs), batches, first=r):
-            began = time.perf_counter()
-            runs[name](inputs)
-            seconds[name].append(time.perf_counter() - began)
+        for name, chunk in in_turns(list(runs), blocks, first=r):
+            for inputs in chunk:
+                began = time.perf_counter()
+                runs[name](inputs)
+                seconds[name].append(time.perf_counter() - began)
     return seconds
 
 

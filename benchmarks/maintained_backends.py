@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from forward_graphs import Inputs, question_batches
+from forward_graphs import Inputs, question_batches, time_variants
 from torch import nn
 
 from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
@@ -39,7 +39,6 @@ from qa_distill.data import load_questions
 from qa_distill.hardware import cpu_name, int8_products_exact
 from qa_distill.predictor import QAPredictor
 from qa_distill.tables import write_tables
-from qa_distill.timing import in_turns
 from qa_distill.tracing import MASK, EagerLogits, Logits, StartEnd, example_inputs
 
 Forward = Callable[[Inputs], Logits]
@@ -129,31 +128,6 @@ def candidates(source: str, threads: int) -> tuple[dict[str, Forward], dict[str,
 
 
 @torch.inference_mode()
-def time_in_blocks(runs: dict[str, Forward], batches: list[Inputs], repeats: int, block: int
-                   ) -> dict[str, list[float]]:
-    """Seconds per call of each variant, the variants taking turns block by block.
-
-    Two runtimes share the cores here, and each leaves its worker threads spinning for a while
-    after a call (OpenMP for torch, ONNX Runtime's own pool): alternating them window by window
-    would time each one against the other's spinning threads. A block of consecutive windows
-    per turn leaves that only at the block's start; the rotating order still spreads a slow
-    spell of the machine over every variant.
-    """
-    for run in runs.values():
-        for inputs in batches[:5]:
-            run(inputs)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    blocks = [batches[i : i + block] for i in range(0, len(batches), block)]
-    for r in range(repeats):
-        for name, chunk in in_turns(list(runs), blocks, first=r):
-            for inputs in chunk:
-                began = time.perf_counter()
-                runs[name](inputs)
-                seconds[name].append(time.perf_counter() - began)
-    return seconds
-
-
-@torch.inference_mode()
 def agreement(ours: Forward, theirs: Forward, batches: list[Inputs]) -> tuple[float, float]:
     """Largest absolute logit difference, and the share of start/end argmaxes that agree."""
     diff, agree = 0.0, []
@@ -172,7 +146,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--block", type=int, default=50, help="windows per turn")
+    parser.add_argument("--block", type=int, default=50, help="windows per turn (two runtimes: see time_variants)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = load_questions(args.dev_json, args.questions, seed=1)
@@ -180,7 +154,7 @@ def main() -> None:
     for name, source in (spec.split("=", 1) for spec in args.model):
         runs, build, fp32 = candidates(source, args.threads)
         batches = question_batches(fp32, questions)
-        seconds = time_in_blocks(runs, batches, args.repeats, args.block)
+        seconds = time_variants(runs, batches, args.repeats, args.block)
         for forward, values in seconds.items():
             ms = 1000.0 * np.asarray(values)
             current = f"traced {REPLACES.get(forward, forward.split()[-1])}"
