@@ -71,8 +71,8 @@ class QAModel(mlflow.pyfunc.PythonModel):
         self.predictor("fp32")  # the default, ready before the first request
 
     def predictor(self, backend: str):
-        """The predictor of one backend, built on its first request (int8 quantises, every
-        backend traces its graphs: seconds that only a used backend should cost)."""
+        """The predictor of one backend, built on its first request (every backend compiles the
+        model, or loads it compiled from the cache: seconds that only a used backend should cost)."""
         if backend not in self.predictors:
             from qa_distill.predictor import QAPredictor
 
@@ -85,7 +85,7 @@ class QAModel(mlflow.pyfunc.PythonModel):
 
     def __getstate__(self) -> dict:
         """Pickled without the predictors, which `load_context` builds again from the artifacts:
-        MLflow may pickle the model after using it, and a traced graph cannot be pickled."""
+        MLflow may pickle the model after using it, and a compiled library cannot be pickled."""
         return {key: value for key, value in self.__dict__.items() if key != "predictors"}
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:

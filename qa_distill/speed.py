@@ -14,6 +14,7 @@ import logging
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 import transformers
 
+from qa_distill.compiled import export_logits
 from qa_distill.config import (
     DEFAULT_DEV_JSON,
     RESULTS_DIR,
@@ -100,10 +102,22 @@ def _serialised_mb(module: torch.nn.Module) -> float:
         return path.stat().st_size / 1e6
 
 
-def model_size_mb(model_dir: str, model: torch.nn.Module, quantised: bool) -> float:
-    """Megabytes (10^6 bytes) of weights: the files on disk, or the saved state_dict of int8
-    weights, which exist only in memory (also used for a hub name, whose files are elsewhere)."""
-    files = [] if quantised else _weight_files(Path(model_dir))
+def _graph_tensors_mb(graph: torch.fx.GraphModule) -> float:
+    """Megabytes of the tensors a graph computes with (a quantised graph also holds the float
+    weights it was made from, which no node uses)."""
+    tensors = {id(t): t for t in (attrgetter(node.target)(graph) for node in graph.graph.nodes
+                                  if node.op == "get_attr" and node.users) if isinstance(t, torch.Tensor)}
+    return sum(t.nbytes for t in tensors.values()) / 1e6
+
+
+def model_size_mb(model_dir: str, predictor: QAPredictor, quantised: bool) -> float:
+    """Megabytes (10^6 bytes) of weights: the files on disk; for int8, the tensors of the
+    quantised graph, which exist only in memory; for a hub name, whose files are elsewhere, the
+    saved state_dict."""
+    model = predictor.model
+    if quantised:
+        return _graph_tensors_mb(export_logits(model, predictor.input_names, model.config.vocab_size, "int8").module())
+    files = _weight_files(Path(model_dir))
     if files:
         return sum(f.stat().st_size for f in files) / 1e6
     return _serialised_mb(model)
@@ -162,7 +176,7 @@ def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: S
                 else QAPredictor(path, backend, batch_size=batch_size)
             )
             answerers[name, backend] = answerer
-            sizes[name, backend] = model_size_mb(path, answerer.model, quantised=backend == "int8")
+            sizes[name, backend] = model_size_mb(path, answerer, quantised=backend == "int8")
     timings = measure(answerers, questions, speed.warmup, batch_size)
     results = [
         _result(name, backend, timings[name, backend], answerer, size_mb=sizes[name, backend],

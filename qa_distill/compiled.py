@@ -1,0 +1,205 @@
+"""A QA model's forward pass compiled ahead of time, for CPU inference without Python.
+
+At batch 1 the Python around the tensor work (module calls, mask building, output classes) is
+a good part of a small model's latency. `torch.export` captures the forward pass once, with the
+number of windows and their length left free, and AOTInductor compiles that graph into a C++
+library with the weights folded in ("freezing", which also packs them for oneDNN) and the
+elementwise work fused between the matrix products. int8 is quantised on the exported graph
+(`quantize.py`) and compiled the same way. Both are maintained PyTorch paths; the traced
+TorchScript graphs and torch.ao modules they replace were deprecated in torch 2.13, and are
+slower (`benchmarks/maintained_backends.py` times both side by side).
+
+Compiling takes seconds to tens of seconds, so each library is cached on disk (`cache_root()`),
+keyed by everything its code depends on: the weights, the precision, the inputs, the torch and
+torchao versions, the CPU's instruction sets (the generated code uses them) and the thread
+count (compiled into its parallel loops). A library is checked against the model it was
+compiled from on shapes other than the one exported; a model that fails to export, compile (no
+C++ compiler, say) or agree runs uncompiled, with a warning. `QA_DISTILL_COMPILE=0` runs every
+model uncompiled: no wait before the first answer (a one-off `predict`), slower answers after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qa_distill.hardware import cpu_flags, cpu_name
+from qa_distill.models import model_fingerprint
+
+Logits = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[dict[str, torch.Tensor]], Logits]
+FORMAT = 1  # bump when what a cached library holds changes
+EXPORTED_ON = [16, 10]  # two windows of different lengths: neither axis is fixed at 1 or at equal lengths
+CHECKED_ON = ([1], [33], [24, 7, 20])
+# largest logit difference from the uncompiled graph, as a share of the largest logit: fused
+# kernels sum in another order (fp32), round once less (bf16), quantise inputs per call (int8)
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.05}
+
+
+def compiling() -> bool:
+    """Whether models are compiled (unless `QA_DISTILL_COMPILE=0`)."""
+    return os.environ.get("QA_DISTILL_COMPILE", "1") != "0"
+
+
+def cache_root() -> Path:
+    """Where compiled libraries are kept: `$QA_DISTILL_CACHE/compiled`, by default under ~/.cache."""
+    return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / "compiled"
+
+
+class StartEnd(nn.Module):
+    """The model with positional tensor inputs and a (start, end) logits output, as export needs."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *tensors: torch.Tensor) -> Logits:
+        out = self.model(**dict(zip(self.names, tensors, strict=True)))
+        return out.start_logits, out.end_logits
+
+
+def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int], seed: int = 0
+                   ) -> dict[str, torch.Tensor]:
+    """Random windows of the given lengths, right-padded to the longest (question, then context)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(1, vocab_size, (len(lengths), width), generator=generator)
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    inputs = {"input_ids": ids * mask, "attention_mask": mask,
+              "token_type_ids": (torch.arange(width) >= width // 3).long().expand_as(ids) * mask}
+    return {name: inputs[name] for name in names}
+
+
+def _tensors(inputs: dict[str, torch.Tensor], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(inputs[name] for name in names)
+
+
+class ModuleLogits:
+    """A module taking the inputs positionally, called with the predictor's input dicts: the
+    uncompiled fallback, and the reference a library is checked against."""
+
+    def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
+        self.module, self.names = module, list(names)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> Logits:
+        start, end = self.module(*_tensors(inputs, self.names))
+        return start, end
+
+
+class CompiledLogits(ModuleLogits):
+    """An AOTInductor library of the forward pass, and the file it was loaded from."""
+
+    def __init__(self, library: Callable, names: Sequence[str], path: Path) -> None:
+        super().__init__(library, names)
+        self.path = path
+
+
+@contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Export reads every attribute of the model (transformers then logs that a QA model's config
+    names no loss, a note about training) and warns of its own internals; neither is ours to act on."""
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _axes(model: nn.Module, names: Sequence[str]) -> tuple[dict[int, object], ...]:
+    """Every input's free axes: windows, and length up to the model's positions."""
+    from torch.export import Dim
+
+    longest = getattr(model.config, "max_position_embeddings", None)
+    axes = {0: Dim("windows"), 1: Dim("length", max=longest) if longest else Dim("length")}
+    return tuple(axes for _ in names)
+
+
+def export_logits(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str
+                  ) -> torch.export.ExportedProgram:
+    """`model`'s forward as a graph of any number of windows of any length up to its positions,
+    quantised for int8."""
+    from qa_distill.quantize import quantize_int8
+
+    example = _tensors(example_inputs(names, vocab_size, EXPORTED_ON), names)
+    with _quiet_export():
+        program = torch.export.export(StartEnd(model, names).eval(), example, dynamic_shapes=(_axes(model, names),))
+        if precision == "int8":
+            program = torch.export.export(quantize_int8(program.module(), example), example,
+                                          dynamic_shapes=_axes(model, names))
+    return program
+
+
+def library_key(model: nn.Module, names: Sequence[str], precision: str) -> str:
+    """What a compiled library of `model` at `precision` depends on, hashed."""
+    import torchao
+
+    parts = [f"format{FORMAT}", type(model).__name__, model_fingerprint(model), precision, ",".join(names),
+             torch.__version__, torchao.__version__, cpu_name(), " ".join(sorted(cpu_flags())),
+             f"threads{torch.get_num_threads()}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def check_agrees(forward: Forward, reference: Forward, names: Sequence[str], vocab_size: int,
+                 tolerance: float) -> None:
+    """Raise unless `forward` gives `reference`'s logits, within `tolerance` of their largest
+    magnitude, on windows of other shapes than the exported ones."""
+    for seed, lengths in enumerate(CHECKED_ON):
+        inputs = example_inputs(names, vocab_size, lengths, seed=seed + 1)
+        for ours, theirs in zip(forward(inputs), reference(inputs), strict=True):
+            theirs = theirs.float()
+            scale = max(1.0, theirs.abs().max().item())
+            torch.testing.assert_close(ours.float(), theirs, rtol=0, atol=tolerance * scale)
+
+
+def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str, path: Path) -> CompiledLogits:
+    """Compile the model's graph, check the library against the graph run uncompiled, and only
+    then put it in the cache (written whole or not at all)."""
+    program = export_logits(model, names, vocab_size, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".compiling-") as tmp:
+        built = Path(tmp) / path.name
+        with _quiet_export():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(built),
+                                                     inductor_configs={"freezing": True})
+        compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
+        check_agrees(compiled, ModuleLogits(program.module(), names), names, vocab_size, TOLERANCE[precision])
+        os.replace(built, path)
+    return compiled
+
+
+def uncompiled_logits(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str) -> ModuleLogits:
+    """The model run op by op by PyTorch; for int8, its quantised graph, whose integer arithmetic
+    is simulated in float32 (slower than float32, the same answers as compiled int8)."""
+    if precision == "int8":
+        return ModuleLogits(export_logits(model, names, vocab_size, precision).module(), names)
+    return ModuleLogits(StartEnd(model, names).eval(), names)
+
+
+def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str) -> Forward:
+    """`inputs -> (start_logits, end_logits)` of `model` (already cast for "bf16") compiled at
+    `precision`, from the cache where it was compiled before; uncompiled where compiling is
+    turned off (`compiling()`), and, with a warning, where it fails or gives other logits."""
+    if compiling():
+        try:
+            with torch.no_grad():
+                path = cache_root() / f"{library_key(model, names, precision)}.pt2"
+                if path.exists():
+                    return CompiledLogits(torch._inductor.aoti_load_package(str(path)), names, path)
+                return _build(model, names, vocab_size, precision, path)
+        except Exception as error:  # noqa: BLE001 - any failure: the model still answers, uncompiled
+            warnings.warn(f"{type(model).__name__} ({precision}) runs uncompiled: compiling it failed ({error})",
+                          stacklevel=2)
+    return uncompiled_logits(model, names, vocab_size, precision)

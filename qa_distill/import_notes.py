@@ -1,0 +1,32 @@
+"""Notes other libraries log at import that are not meant for our users, dropped from the log.
+
+transformers imports torchao with any model class where it is installed, and torchao's import
+logs that its CUDA kernels do not load (none runs on the CPU), and torch a note on how torchao
+registers its enums. The package installs these filters on import; it imports no torch here, so
+a bad command line still fails before the training stack loads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+NOTES = {"torchao": "Failed to load", "torch.utils._pytree": "is an Enum subclass"}  # logger: text
+
+
+class WithoutNote(logging.Filter):
+    """Drops the records whose message contains `note`."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__()
+        self.note = note
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.note not in record.getMessage()
+
+
+def drop_import_notes() -> None:
+    """Install the filters of `NOTES`, once."""
+    for name, note in NOTES.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, WithoutNote) for f in log.filters):
+            log.addFilter(WithoutNote(note))

@@ -1,0 +1,127 @@
+"""The compiled forward pass every predictor backend runs: same logits as the model it was
+compiled from, any shape, cached by what it depends on, and the model itself where compiling fails."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from qa_distill import compiled
+from qa_distill.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs, export_logits
+from qa_distill.models import input_names, load_qa_model
+
+pytestmark = pytest.mark.usefixtures("compiled_models")
+SHAPES = ([2], [40, 12, 25], [8] * 4, [130])  # none is a shape compiled on (16, 10) or checked on
+
+
+def _model(source: str, precision: str) -> nn.Module:
+    model = load_qa_model(source).model.eval()
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
+# not slow: int8, the longest path (export, quantise, compile); test_speed compiles all three
+@pytest.mark.parametrize("kind, precision", [
+    pytest.param(kind, precision, marks=[] if (kind, precision) == ("tiny_distilbert", "int8") else pytest.mark.slow)
+    for kind in ("tiny_bert", "tiny_distilbert") for precision in ("fp32", "bf16", "int8")
+])
+def test_compiled_logits_equal_the_uncompiled_graphs_on_other_shapes(kind, precision, request):
+    model = _model(request.getfixturevalue(kind), precision)
+    names, vocab = input_names(model), model.config.vocab_size
+    forward = compile_logits(model, names, vocab, precision)
+    assert isinstance(forward, CompiledLogits) and forward.path.is_file()
+    # int8's reference is the quantised graph run op by op (fake quantisation in float32)
+    reference = ModuleLogits(export_logits(model, names, vocab, precision).module(), names)
+    with torch.no_grad():
+        for seed, lengths in enumerate(SHAPES):
+            inputs = example_inputs(names, vocab, lengths, seed=seed + 10)
+            eager = model(**inputs)
+            start, end = forward(inputs)
+            assert start.shape == end.shape == (len(lengths), max(lengths))
+            for ours, theirs in ((start, eager.start_logits), (end, eager.end_logits)):
+                if precision == "int8":
+                    theirs = reference(inputs)[0 if ours is start else 1]
+                scale = theirs.float().abs().max().item()
+                tolerance = compiled.TOLERANCE[precision] * scale
+                torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=tolerance)
+
+
+def test_a_second_load_takes_the_cached_library_keyed_by_weights_precision_and_threads(tiny_distilbert, monkeypatch):
+    model = _model(tiny_distilbert, "int8")
+    names = input_names(model)
+    first = compile_logits(model, names, model.config.vocab_size, "int8")
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
+    again = compile_logits(model, names, model.config.vocab_size, "int8")
+    assert isinstance(again, CompiledLogits) and again.path == first.path
+    inputs = example_inputs(names, model.config.vocab_size, [7, 3])
+    torch.testing.assert_close(again(inputs), first(inputs), rtol=0, atol=0)
+    keys = {compiled.library_key(model, names, "fp32")}
+    keys.add(compiled.library_key(model, names, "int8"))
+    with torch.no_grad():
+        model.qa_outputs.bias += 1  # other weights
+    keys.add(compiled.library_key(model, names, "fp32"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # compiled into the parallel loops
+    keys.add(compiled.library_key(model, names, "fp32"))
+    assert len(keys) == 4
+
+
+def test_a_failed_compile_runs_the_model_uncompiled_and_caches_nothing(tiny_distilbert, monkeypatch, tmp_path):
+    monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
+    model = _model(tiny_distilbert, "fp32")
+    names = input_names(model)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Failed to find a working C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    with pytest.warns(UserWarning, match=r"DistilBertForQuestionAnswering \(fp32\) runs uncompiled: .*C\+\+ compiler"):
+        forward = compile_logits(model, names, model.config.vocab_size, "fp32")
+    assert not isinstance(forward, CompiledLogits)
+    inputs = example_inputs(names, model.config.vocab_size, [9, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(forward(inputs)[0], model(**inputs).start_logits, rtol=0, atol=0)
+    assert list((tmp_path / "compiled").iterdir()) == []
+
+
+class WidthBaked(nn.Module):
+    """Logits built from a Python int of the input's width: export cannot leave the width free."""
+
+    config = SimpleNamespace(max_position_embeddings=64)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        width = int(input_ids.shape[1])
+        logits = torch.arange(width, dtype=torch.float32).expand(input_ids.shape[0], width)
+        if width == 16:  # what export saw
+            logits = logits * 0
+        return SimpleNamespace(start_logits=logits, end_logits=-logits)
+
+
+def test_a_model_that_cannot_be_compiled_for_any_width_runs_uncompiled_with_a_warning():
+    names = ["input_ids", "attention_mask"]
+    with pytest.warns(UserWarning, match="WidthBaked \\(fp32\\) runs uncompiled"):
+        forward = compile_logits(WidthBaked(), names, vocab_size=100, precision="fp32")
+    start, end = forward(example_inputs(names, 100, [5, 3]))
+    assert start.tolist() == [[0, 1, 2, 3, 4]] * 2 and end.tolist() == [[0, -1, -2, -3, -4]] * 2
+
+
+def test_example_inputs_pad_each_window_after_its_length():
+    inputs = example_inputs(["input_ids", "attention_mask", "token_type_ids"], 50, [6, 3])
+    assert inputs["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    assert (inputs["input_ids"][1, 3:] == 0).all() and (inputs["input_ids"][0] > 0).all()
+    assert inputs["token_type_ids"].tolist() == [[0, 0, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0]]
+
+
+def test_compiling_turned_off_runs_the_model_as_it_is(tiny_distilbert, monkeypatch):
+    monkeypatch.setenv("QA_DISTILL_COMPILE", "0")
+    model = _model(tiny_distilbert, "int8")
+    names = input_names(model)
+    forward = compile_logits(model, names, model.config.vocab_size, "int8")
+    assert isinstance(forward, ModuleLogits) and not isinstance(forward, CompiledLogits)
+    quantised = [node for node in forward.module.graph.nodes if "dequantize_per_channel" in str(node.target)]
+    assert len(quantised) == 2 * 6  # still int8: 2 layers of 6 linear layers
