@@ -1,8 +1,8 @@
 """Notes other libraries log at import that are not meant for our users, dropped from the log.
 
 transformers imports torchao with any model class where it is installed, and torchao's import
-logs that its CUDA kernels do not load (none runs on the CPU), and torch a note on how torchao
-registers its enums. The package installs these filters on import; it imports no torch here, so
+logs that its CUDA kernels do not load and that there is no Triton (neither runs on the CPU),
+and torch a note on how torchao registers its enums. The package installs these filters on import; it imports no torch here, so
 a bad command line still fails before the training stack loads.
 """
 
@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 
-NOTES = {"torchao": "Failed to load", "torch.utils._pytree": "is an Enum subclass"}  # logger: text
+NOTES = {  # logger: text
+    "torchao": "Failed to load",
+    "torch.utils._pytree": "is an Enum subclass",
+    "torchao.kernel.intmm": "Detected no triton",
+}
 
 
 class WithoutNote(logging.Filter):
