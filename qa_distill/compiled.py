@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +34,7 @@ from torch import nn
 
 from qa_distill.hardware import cpu_flags, cpu_name
 from qa_distill.models import model_fingerprint
+from qa_distill.processes import remove_stale_temp_dirs
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]
@@ -166,17 +167,22 @@ def check_agrees(forward: Forward, reference: Forward, names: Sequence[str], voc
 
 def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str, path: Path) -> CompiledLogits:
     """Compile the model's graph, check the library against the graph run uncompiled, and only
-    then put it in the cache (written whole or not at all)."""
+    then put it in the cache (written whole or not at all; what a killed build left is removed)."""
     program = export_logits(model, names, vocab_size, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".compiling-") as tmp:
-        built = Path(tmp) / path.name
+    remove_stale_temp_dirs(path.parent)
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    try:
+        built = tmp / path.name
         with _quiet_export():
             torch._inductor.aoti_compile_and_package(program, package_path=str(built),
                                                      inductor_configs={"freezing": True})
         compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
         check_agrees(compiled, ModuleLogits(program.module(), names), names, vocab_size, TOLERANCE[precision])
         os.replace(built, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return compiled
 
 

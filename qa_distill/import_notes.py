@@ -2,8 +2,8 @@
 
 transformers imports torchao with any model class where it is installed, and torchao's import
 logs that its CUDA kernels do not load and that there is no Triton (neither runs on the CPU),
-and torch a note on how torchao registers its enums. The package installs these filters on import; it imports no torch here, so
-a bad command line still fails before the training stack loads.
+and torch a note on how torchao registers its enums. The package installs these filters on
+import; this module imports no torch, so a bad command line still fails before torch loads.
 """
 
 from __future__ import annotations

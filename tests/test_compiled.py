@@ -125,3 +125,19 @@ def test_compiling_turned_off_runs_the_model_as_it_is(tiny_distilbert, monkeypat
     assert isinstance(forward, ModuleLogits) and not isinstance(forward, CompiledLogits)
     quantised = [node for node in forward.module.graph.nodes if "dequantize_per_channel" in str(node.target)]
     assert len(quantised) == 2 * 6  # still int8: 2 layers of 6 linear layers
+
+
+def test_what_a_killed_build_left_is_removed_by_the_next_build(tiny_distilbert, monkeypatch, tmp_path):
+    monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
+    left = tmp_path / "compiled" / "abc.pt2.tmp-999999999"  # no such process
+    left.mkdir(parents=True)
+    (left / "abc.pt2").write_bytes(b"half a library")
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    model = _model(tiny_distilbert, "fp32")
+    with pytest.warns(UserWarning, match="runs uncompiled"):
+        compile_logits(model, input_names(model), model.config.vocab_size, "fp32")
+    assert list((tmp_path / "compiled").iterdir()) == []
