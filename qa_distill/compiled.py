@@ -41,9 +41,11 @@ Forward = Callable[[dict[str, torch.Tensor]], Logits]
 FORMAT = 1  # bump when what a cached library holds changes
 EXPORTED_ON = [16, 10]  # two windows of different lengths: neither axis is fixed at 1 or at equal lengths
 CHECKED_ON = ([1], [33], [24, 7, 20])
-# largest logit difference from the uncompiled graph, as a share of the largest logit: fused
-# kernels sum in another order (fp32), round once less (bf16), quantise inputs per call (int8)
-TOLERANCE = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.05}
+# Largest relative error (`relative_error`) of a library's logits against the graph it was compiled
+# from, run uncompiled. Fused kernels sum in another order (fp32) and round less often (bf16); int8
+# kernels quantise each input their own way: measured up to 0.04 on the cpu recipe's teacher,
+# where a wrong library (a shape baked in, say) is off by about 1.
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15}
 
 
 def compiling() -> bool:
@@ -153,16 +155,22 @@ def library_key(model: nn.Module, names: Sequence[str], precision: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """||ours - theirs|| / ||theirs||, in float32."""
+    ours, theirs = ours.float(), theirs.float()
+    return ((ours - theirs).norm() / theirs.norm().clamp_min(1e-12)).item()
+
+
 def check_agrees(forward: Forward, reference: Forward, names: Sequence[str], vocab_size: int,
                  tolerance: float) -> None:
-    """Raise unless `forward` gives `reference`'s logits, within `tolerance` of their largest
-    magnitude, on windows of other shapes than the exported ones."""
+    """Raise unless `forward` gives `reference`'s logits within `tolerance` (`relative_error`) on
+    windows of other shapes than the exported ones."""
     for seed, lengths in enumerate(CHECKED_ON):
         inputs = example_inputs(names, vocab_size, lengths, seed=seed + 1)
         for ours, theirs in zip(forward(inputs), reference(inputs), strict=True):
-            theirs = theirs.float()
-            scale = max(1.0, theirs.abs().max().item())
-            torch.testing.assert_close(ours.float(), theirs, rtol=0, atol=tolerance * scale)
+            if ours.shape != theirs.shape or not relative_error(ours, theirs) <= tolerance:
+                raise ValueError(f"the compiled logits differ from the model's on windows of lengths {lengths}: "
+                                 f"relative error {relative_error(ours, theirs):.3g} (at most {tolerance} allowed)")
 
 
 def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str, path: Path) -> CompiledLogits:
