@@ -24,6 +24,8 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from torch import nn
 from qa_distill.hardware import cpu_flags, cpu_name
 from qa_distill.models import model_fingerprint
 from qa_distill.processes import remove_stale_temp_dirs
+from qa_distill.quantize import quantize_int8
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]
@@ -134,8 +137,6 @@ def export_logits(model: nn.Module, names: Sequence[str], vocab_size: int, preci
                   ) -> torch.export.ExportedProgram:
     """`model`'s forward as a graph of any number of windows of any length up to its positions,
     quantised for int8."""
-    from qa_distill.quantize import quantize_int8
-
     example = _tensors(example_inputs(names, vocab_size, EXPORTED_ON), names)
     with _quiet_export():
         program = torch.export.export(StartEnd(model, names).eval(), example, dynamic_shapes=(_axes(model, names),))
@@ -176,6 +177,8 @@ def check_agrees(forward: Forward, reference: Forward, names: Sequence[str], voc
 def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str, path: Path) -> CompiledLogits:
     """Compile the model's graph, check the library against the graph run uncompiled, and only
     then put it in the cache (written whole or not at all; what a killed build left is removed)."""
+    began = time.perf_counter()
+    print(f"compiling {type(model).__name__} ({precision}) for this CPU, once: {path}", file=sys.stderr, flush=True)
     program = export_logits(model, names, vocab_size, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(path.parent)
@@ -191,6 +194,7 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
         os.replace(built, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"compiled in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     return compiled
 
 

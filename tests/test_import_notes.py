@@ -1,4 +1,5 @@
-"""torchao's import-time notes are dropped from the log; everything else those loggers say is kept."""
+"""What importing the package does: torchao's import-time notes leave the log (nothing else those
+loggers say), and oneDNN gets a kernel cache large enough for many window lengths."""
 
 from __future__ import annotations
 
@@ -17,3 +18,16 @@ def test_only_the_import_notes_are_dropped(caplog):
             log.warning("%s /x/_C_mxfp8.so: Could not load this library", note)
             log.warning("something else went wrong")
     assert [r.getMessage() for r in caplog.records] == ["something else went wrong"] * len(NOTES)
+
+
+def test_the_package_enlarges_onednns_kernel_cache_unless_the_user_set_it():
+    import os
+    import subprocess
+    import sys
+
+    show = "import os, qa_distill; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    ours = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", show], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
+                            capture_output=True, text=True, check=True)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("16384", "64")
