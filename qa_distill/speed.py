@@ -255,6 +255,7 @@ def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None)
         results = time_models(paths, sample, speed)
         df = results_table(results)
         df.insert(1, "version", [versions[name].label if name in versions else "" for name in df["model"]])
+        df.insert(0, "cpu", cpu)
         mlflow.log_metrics({
             _metric_name(row["model"], row["backend"], figure): float(row[figure])
             for row in df.to_dict("records")

@@ -88,7 +88,8 @@ def write_tradeoff(table: pd.DataFrame, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     front = pareto_front(table)
     first = table.iloc[0]
-    subtitle = ", ".join(f"{first[c]} {c}" for c in ("questions", "threads") if c in table.columns)
+    subtitle = ", ".join(([str(first["cpu"])] if "cpu" in table.columns else [])
+                         + [f"{first[c]} {c}" for c in ("questions", "threads") if c in table.columns])
     png, html = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".html")
     _png(table, front, png, subtitle)
     _html(table, front, html, subtitle)

@@ -15,6 +15,7 @@ from qa_distill.config import DataConfig, SpeedConfig, TrackingConfig
 from qa_distill.data import load_questions, load_split
 from qa_distill.errors import ConfigError, ModelError
 from qa_distill.features import build_features
+from qa_distill.hardware import cpu_name
 from qa_distill.hf_baseline import HFPipelineBaseline
 from qa_distill.metrics import squad_scores
 from qa_distill.models import load_qa_model, random_weight_model
@@ -208,6 +209,7 @@ def test_run_speedtest_pins_latest_and_tags_the_version_it_timed(tiny_model, tmp
         ["tiny", "tiny-registered/2", "hf-pipeline"], ["tiny", "tiny-registered/2", "fp32"],
         ["local", "", "hf-pipeline"], ["local", "", "fp32"],
     ]
+    assert set(df["cpu"]) == {cpu_name()}  # every table names its CPU
     (run,) = mlflow.search_runs(experiment_names=["speed-test"], output_format="list",
                                 filter_string="attributes.run_name = 'speed-run'")
     assert run.info.status == "FINISHED"

@@ -27,7 +27,7 @@ ROWS = [
 @pytest.fixture()
 def table() -> pd.DataFrame:
     frame = pd.DataFrame(ROWS, columns=["model", "backend", "p50_ms", "f1"])
-    return frame.assign(questions=1000, threads=2)
+    return frame.assign(cpu="AMD EPYC (family 26 model 2, Zen 5)", questions=1000, threads=2)
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both(table):
@@ -44,6 +44,7 @@ def test_plot_files_and_offline_html(table, tmp_path):
     assert_offline_html(html)
     page = html.read_text()
     assert all(model in page for model in ("teacher", "student", "distilled", "Pareto front"))
+    assert "AMD EPYC (family 26 model 2, Zen 5), 1000 questions, 2 threads" in page  # which CPU
 
 
 def test_plot_of_a_written_speed_table_is_named_after_it_and_logged(table, tmp_path, tracking_uri):
