@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,34 +13,22 @@ SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 DEV_JSON = SHARED_SQUAD / "dev-v1.1.json"
 
 
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Environment variables set for a block, restored after it."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="session", autouse=True)
 def uncompiled(tmp_path_factory) -> Iterator[None]:
     """Models run uncompiled, as `QA_DISTILL_COMPILE=0` runs them (compiling one takes ~10 s),
     except in the modules that test compiling (`compiled_models`), and those compile into this
     run's own cache: a test never loads a library an earlier run or version compiled."""
-    with environment(QA_DISTILL_COMPILE="0", QA_DISTILL_CACHE=str(tmp_path_factory.mktemp("qa-distill-cache"))):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QA_DISTILL_COMPILE", "0")
+        patch.setenv("QA_DISTILL_CACHE", str(tmp_path_factory.mktemp("qa-distill-cache")))
         yield
 
 
 @pytest.fixture(scope="module")
 def compiled_models() -> Iterator[None]:
     """Models compiled, as users' are, in the module that asks for it."""
-    with environment(QA_DISTILL_COMPILE="1"):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QA_DISTILL_COMPILE", "1")
         yield
 
 
