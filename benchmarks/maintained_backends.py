@@ -83,6 +83,12 @@ def time_variants(runs: dict[str, Forward], batches: list[Inputs], repeats: int,
     return seconds
 
 
+def two_graphs(names: Sequence[str]) -> list[tuple[list[str], list[int]]]:
+    """The inputs of the two graphs the former path ran, given the mask (for padded batches) and
+    without it (unpadded), each with example window lengths that leave both axes free."""
+    return [(list(names), [16, 10]), ([name for name in names if name != MASK], [16, 16])]
+
+
 def traced_logits(model: nn.Module, names: Sequence[str], int8: bool) -> Forward:
     """The former path: torch.ao dynamic int8 (per channel, head float, full range where VNNI),
     then frozen TorchScript traces given the mask and, for unpadded batches, without it."""
@@ -101,8 +107,7 @@ def traced_logits(model: nn.Module, names: Sequence[str], int8: bool) -> Forward
             linear = FullRange if int8_products_exact() else nnqd.Linear
             model = quantize_dynamic(model, layers, mapping={nn.Linear: linear})
         graphs = {}
-        for graph_names in (list(names), [name for name in names if name != MASK]):
-            lengths = [16, 10] if MASK in graph_names else [16, 16]
+        for graph_names, lengths in two_graphs(names):
             example = example_inputs(graph_names, model.config.vocab_size, lengths)
             traced = torch.jit.trace(StartEnd(model, graph_names).eval(), tuple(example.values()))
             graphs[MASK in graph_names] = ModuleLogits(torch.jit.freeze(traced), graph_names)
@@ -113,11 +118,12 @@ def traced_logits(model: nn.Module, names: Sequence[str], int8: bool) -> Forward
     return forward
 
 
-def export_onnx(model: nn.Module, names: Sequence[str], path: Path) -> Path:
-    """`model` (inputs `names`, outputs start and end logits) as ONNX, any batch and length."""
+def export_onnx(model: nn.Module, names: Sequence[str], lengths: list[int], path: Path) -> Path:
+    """`model` (inputs `names`, outputs start and end logits) as ONNX, any batch and length,
+    exported on windows of `lengths`."""
     from torch.export import Dim
 
-    example = example_inputs(names, model.config.vocab_size, [16, 10] if MASK in names else [16, 16])
+    example = example_inputs(names, model.config.vocab_size, lengths)
     axes = {0: Dim("batch"), 1: Dim("sequence", max=model.config.max_position_embeddings)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names
@@ -159,8 +165,8 @@ def onnx_logits(model: nn.Module, names: Sequence[str], int8: bool, threads: int
     options.log_severity_level = 3
     sessions = []
     with tempfile.TemporaryDirectory(prefix="qa-distill-onnx-") as tmp:
-        for i, graph_names in enumerate([list(names), [n for n in names if n != MASK]]):
-            path = export_onnx(model, graph_names, Path(tmp) / f"{i}.onnx")
+        for i, (graph_names, lengths) in enumerate(two_graphs(names)):
+            path = export_onnx(model, graph_names, lengths, Path(tmp) / f"{i}.onnx")
             if int8:
                 path = quantize_onnx_int8(path, path.with_suffix(".int8.onnx"))
             sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
