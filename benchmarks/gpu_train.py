@@ -39,12 +39,12 @@ import torch
 from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback
 
 from qa_distill.config import RESULTS_DIR
-from qa_distill.data import load_split
-from qa_distill.features import build_features
+from qa_distill.data.features import build_features
+from qa_distill.data.squad import load_split
 from qa_distill.models import load_qa_model, load_tokenizer
 from qa_distill.recipes import load_config
-from qa_distill.tables import write_tables
-from qa_distill.trainer import QATrainer, resolve_precision, training_arguments
+from qa_distill.reporting.tables import write_tables
+from qa_distill.training.trainer import QATrainer, resolve_precision, training_arguments
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qa_distill.compiled import Logits, ModuleLogits, StartEnd, example_inputs
 from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
-from qa_distill.data import load_questions
-from qa_distill.features import encode_windows
-from qa_distill.hardware import cpu_name, int8_products_exact
-from qa_distill.predictor import QAPredictor
-from qa_distill.tables import write_tables
-from qa_distill.timing import in_turns
+from qa_distill.data.features import encode_windows
+from qa_distill.data.squad import load_questions
+from qa_distill.inference.compiled import Logits, ModuleLogits, StartEnd, example_inputs
+from qa_distill.inference.predictor import QAPredictor
+from qa_distill.reporting.tables import write_tables
+from qa_distill.runtime.hardware import cpu_name, int8_products_exact
+from qa_distill.speedtest.timing import in_turns
 
 Inputs = dict[str, torch.Tensor]
 Forward = Callable[[Inputs], Logits]

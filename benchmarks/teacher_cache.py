@@ -16,8 +16,8 @@ import pandas as pd
 
 from qa_distill.config import RESULTS_DIR
 from qa_distill.recipes import load_config
-from qa_distill.runs import load_teacher, make_distill_trainer, prepare, teacher_logits
-from qa_distill.tables import write_tables
+from qa_distill.reporting.tables import write_tables
+from qa_distill.training.runs import load_teacher, make_distill_trainer, prepare, teacher_logits
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from qa_distill.config import DEFAULT_DEV_JSON, DataConfig
-from qa_distill.evaluate import evaluate_model
-from qa_distill.report import ROLE_NAMES
-from qa_distill.tables import write_tables
+from qa_distill.inference.evaluate import evaluate_model
+from qa_distill.reporting.report import ROLE_NAMES
+from qa_distill.reporting.tables import write_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("fp32", "bf16", "int8")

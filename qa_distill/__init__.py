@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 import os
 
-from qa_distill.import_notes import drop_import_notes
+from qa_distill.runtime.import_notes import drop_import_notes
 
 drop_import_notes()
 # oneDNN (the int8 and bf16 matrix products of compiled models) caches 1,024 kernels, each built

@@ -33,8 +33,8 @@ def _config(args: argparse.Namespace, role: str):
 
 def _connect_for(source: str) -> None:
     """A `runs:/` or `models:/` source is looked up in the configured tracking store."""
-    from qa_distill import preflight
     from qa_distill.models import is_mlflow_uri
+    from qa_distill.training import preflight
 
     if is_mlflow_uri(source):
         preflight.connect(TrackingConfig())
@@ -42,14 +42,14 @@ def _connect_for(source: str) -> None:
 
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args, args.command)
-    from qa_distill.runs import run_finetune
+    from qa_distill.training.runs import run_finetune
 
     return run_finetune(config)
 
 
 def distill(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args, "distill")
-    from qa_distill.runs import run_distill
+    from qa_distill.training.runs import run_distill
 
     return run_distill(config)
 
@@ -58,28 +58,28 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args, "distill")
     if config.search.n_trials is None and config.search.timeout is None:
         raise ConfigError("give --n-trials or --timeout (or both): a study needs an end")
-    from qa_distill.search import run_search
+    from qa_distill.search.study import run_search
 
     return run_search(config)
 
 
 def _recipe_models(recipe: str) -> list[str]:
     """A recipe's registered models, named as in its results tables."""
-    from qa_distill.report import ROLE_NAMES
+    from qa_distill.reporting.report import ROLE_NAMES
 
     return [f"{name}=models:/qa-distill-{recipe}-{role}/latest" for role, name in ROLE_NAMES.items()]
 
 
 def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from qa_distill import preflight
-    from qa_distill.budgets import speed_stem
+    from qa_distill.reporting.budgets import speed_stem
+    from qa_distill.training import preflight
 
     config = load_speedtest(args.recipe, overrides(args), explicit(args))
     speed, tracking, recipe = config.speed, config.tracking, config.recipe
     speed.run_name = check_name(speed.run_name or f"{recipe}-speed", "--run-name")
     preflight.connect(tracking)
     from qa_distill.models import random_weight_model
-    from qa_distill.speed import run_speedtest
+    from qa_distill.speedtest.speed import run_speedtest
 
     with tempfile.TemporaryDirectory() as tmp:
         if speed.paper_arch:
@@ -92,8 +92,8 @@ def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def predict(args: argparse.Namespace) -> dict[str, str]:
     _connect_for(args.model)
-    from qa_distill.predictor import predict
-    from qa_distill.tracking import log_result
+    from qa_distill.inference.predictor import predict
+    from qa_distill.tracking.runs import log_result
 
     result = {"answer": predict(args.model, args.question, args.context, args.backend)}
     log_result("predict", {"model": args.model, "backend": args.backend, **result})
@@ -103,8 +103,8 @@ def predict(args: argparse.Namespace) -> dict[str, str]:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     data = DataConfig(data=args.data or str(DEFAULT_DEV_JSON.parent), dev_questions=args.dev_questions)
     _connect_for(args.model)
-    from qa_distill.evaluate import evaluate_model
-    from qa_distill.tracking import log_result
+    from qa_distill.inference.evaluate import evaluate_model
+    from qa_distill.tracking.runs import log_result
 
     result = evaluate_model(args.model, data, args.backend)
     predictions = result.pop("predictions")
@@ -115,18 +115,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from qa_distill import preflight
+    from qa_distill.training import preflight
 
     tracking = load_tracking(args.recipe, explicit(args).get("tracking.experiment"))
     preflight.connect(tracking)
-    from qa_distill.report import run_report
+    from qa_distill.reporting.report import run_report
 
     return run_report(recipe_path(args.recipe).stem, tracking, args.output or None).to_dict("records")
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
-    from qa_distill.scoring import score_files
-    from qa_distill.tracking import log_result
+    from qa_distill.data.scoring import score_files
+    from qa_distill.tracking.runs import log_result
 
     result = score_files(args.dataset, args.predictions)
     log_result("score", result)

@@ -30,7 +30,7 @@ RESULTS_DIR = EXPERIMENTS_DIR / "results"
 # the offline copy of SQuAD beside the project (see README); hub users pass --data squad
 DEFAULT_DEV_JSON = PROJECT_ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 ROLES = ("teacher", "student", "distill")
-# inference backends of qa_distill.predictor (named here so the CLI can list them without torch)
+# inference backends of qa_distill.inference.predictor (named here so the CLI can list them without torch)
 BACKENDS = ("fp32", "fp32-maxpad", "bf16", "int8")
 
 

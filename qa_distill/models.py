@@ -28,8 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from qa_distill.data.features import require_fast
 from qa_distill.errors import ConfigError, ModelError
-from qa_distill.features import require_fast
 from qa_distill.saved_model import hf_model_dir
 
 log = logging.getLogger(__name__)

@@ -46,11 +46,11 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from qa_distill import tracking
 from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig
-from qa_distill.data import data_fingerprint
+from qa_distill.data.squad import data_fingerprint
 from qa_distill.recipes import load_config, load_tracking, recipe_path
-from qa_distill.report import ROLE_NAMES
+from qa_distill.reporting.report import ROLE_NAMES
+from qa_distill.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 

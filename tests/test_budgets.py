@@ -1,12 +1,12 @@
-"""Honest tables (qa_distill/budgets.py): one budget per table, committed tables at full budget."""
+"""Honest tables (qa_distill/reporting/budgets.py): one budget per table, committed tables at full budget."""
 
 import mlflow
 import pytest
 
-from qa_distill.budgets import check_comparable, speed_stem
 from qa_distill.config import RESULTS_DIR, SpeedConfig, TrackingConfig
 from qa_distill.errors import ConfigError
-from qa_distill.report import recipe_runs, run_report
+from qa_distill.reporting.budgets import check_comparable, speed_stem
+from qa_distill.reporting.report import recipe_runs, run_report
 
 
 def _run(role: str, train_questions: int = 16000, epochs: float = 1.0, dev_questions: int = 10570,

@@ -13,8 +13,8 @@ import pytest
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.metrics import squad_scores
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.squad import load_split
 from qa_distill.models import load_tokenizer
 from qa_distill.saved_model import SavedSettings
 
@@ -118,7 +118,7 @@ def test_evaluate_with_a_missing_model_fails_in_one_line_and_v_logs_progress(tmp
         code = main(["-v", *argv] if verbose else argv)
     err = capsys.readouterr().err
     assert code == 2
-    logged = [line for line in err.splitlines() if " qa_distill.data INFO " in line]
+    logged = [line for line in err.splitlines() if " qa_distill.data.squad INFO " in line]
     assert len(logged) == verbose
     if verbose:
         assert "dev-late.json: {'answer_start_realigned': 1}" in logged[0]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from qa_distill import preflight
 from qa_distill.cli import main
 from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
+from qa_distill.training import preflight
 
 WORKTREE = Path(__file__).resolve().parents[1]
 DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
@@ -97,8 +97,8 @@ def test_models_uri_resolves_in_the_project_store_from_any_folder(tmp_path, tiny
     """Outside the project folder, `models:/` is looked up in the configured store (no stray mlflow.db)."""
     import mlflow
 
-    from qa_distill.mlflow_model import log_qa_model
-    from qa_distill.tracking import setup
+    from qa_distill.inference.mlflow_model import log_qa_model
+    from qa_distill.tracking.runs import setup
 
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     project.mkdir()

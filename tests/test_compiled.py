@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from qa_distill import compiled
-from qa_distill.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs
+from qa_distill.inference import compiled
+from qa_distill.inference.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs
 from qa_distill.models import input_names, load_qa_model
 
 pytestmark = pytest.mark.usefixtures("compiled_models")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_questions, load_split, read_squad_json
+from qa_distill.data.squad import load_questions, load_split, read_squad_json
 from qa_distill.errors import ConfigError, DataError
 
 from .conftest import DEV_JSON, write_squad

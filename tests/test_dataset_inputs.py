@@ -7,8 +7,8 @@ import json
 import mlflow
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.tracking import log_dataset
+from qa_distill.data.squad import load_split
+from qa_distill.tracking.runs import log_dataset
 
 
 def test_local_and_hub_splits_are_logged_as_inputs_without_their_rows(tracking_uri, dev_sample):

@@ -9,9 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from qa_distill import distributed
 from qa_distill.recipes import load_config
-from qa_distill.runs import run_distill
+from qa_distill.runtime import distributed
+from qa_distill.training.runs import run_distill
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two processes of 8 windows and one of 16 take the same optimizer steps when: dropout is off;

@@ -5,8 +5,8 @@ import unicodedata
 from transformers import AutoTokenizer
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.features import build_features
+from qa_distill.data.features import build_features
+from qa_distill.data.squad import load_split
 
 from .conftest import minilm_path
 

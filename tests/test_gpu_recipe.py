@@ -13,9 +13,9 @@ import torch
 
 from qa_distill.config import ROLES
 from qa_distill.recipes import load_config
-from qa_distill.runs import load_teacher, make_distill_trainer, prepare, run_distill
-from qa_distill.teacher_cache import load_or_compute
-from qa_distill.trainer import training_arguments
+from qa_distill.training.runs import load_teacher, make_distill_trainer, prepare, run_distill
+from qa_distill.training.teacher_cache import load_or_compute
+from qa_distill.training.trainer import training_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = ["data.max_length=96", "data.doc_stride=32", "training.epochs=1", "training.batch_size=8",

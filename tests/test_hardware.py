@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qa_distill import hardware
+from qa_distill.runtime import hardware
 
 
 def test_amd_names_gain_their_core_generation():

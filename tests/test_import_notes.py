@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import qa_distill  # noqa: F401 - installs the filters
-from qa_distill.import_notes import NOTES, WithoutNote, drop_import_notes
+from qa_distill.runtime.import_notes import NOTES, WithoutNote, drop_import_notes
 
 
 class Kept(logging.Handler):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from qa_distill.cli import main
-from qa_distill.lifecycle import SEAL
+from qa_distill.training.lifecycle import SEAL
 
 WORKTREE = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qa_distill.errors import ConfigError
-from qa_distill.losses import distillation_loss
+from qa_distill.training.losses import distillation_loss
 
 
 def _kl(p: list[float], q: list[float]) -> float:

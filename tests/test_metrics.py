@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from qa_distill.metrics import exact_match, f1, normalize_answer, squad_scores
-from qa_distill.scoring import score_files
+from qa_distill.data.metrics import exact_match, f1, normalize_answer, squad_scores
+from qa_distill.data.scoring import score_files
 
 from .conftest import write_squad
 

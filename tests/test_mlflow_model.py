@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from qa_distill.mlflow_model import ARTIFACT, QAModel
+from qa_distill.inference.mlflow_model import ARTIFACT, QAModel
 
 
 def test_a_used_model_pickles_without_its_predictor_and_answers_the_same_after_loading(tiny_bert):

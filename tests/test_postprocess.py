@@ -5,10 +5,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.features import build_features
-from qa_distill.metrics import squad_scores
-from qa_distill.postprocess import best_spans, postprocess
+from qa_distill.data.features import build_features
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.postprocess import best_spans, postprocess
+from qa_distill.data.squad import load_split
 
 from .conftest import DEV_JSON, minilm_path
 

@@ -9,11 +9,11 @@ import re
 import mlflow
 import pytest
 
-from qa_distill import progress as progress_module
-from qa_distill.hardware import cpu_name
-from qa_distill.progress import Progress, announce
 from qa_distill.recipes import load_config
-from qa_distill.runs import run_finetune
+from qa_distill.runtime import progress as progress_module
+from qa_distill.runtime.hardware import cpu_name
+from qa_distill.runtime.progress import Progress, announce
+from qa_distill.training.runs import run_finetune
 
 
 class Clock:

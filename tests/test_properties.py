@@ -17,11 +17,11 @@ from datasets import Dataset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from qa_distill.data import Split, read_squad_json, validate_records
+from qa_distill.data.features import build_features, encode_windows
+from qa_distill.data.postprocess import pad_offsets, postprocess
+from qa_distill.data.squad import Split, read_squad_json, validate_records
 from qa_distill.errors import DataError
-from qa_distill.features import build_features, encode_windows
 from qa_distill.models import load_tokenizer
-from qa_distill.postprocess import pad_offsets, postprocess
 
 from .conftest import minilm_path, write_squad
 

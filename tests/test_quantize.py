@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from qa_distill.compiled import export_logits
-from qa_distill.hardware import int8_products_exact
+from qa_distill.inference.compiled import export_logits
+from qa_distill.inference.quantize import quantize_int8
 from qa_distill.models import input_names, load_qa_model
-from qa_distill.quantize import quantize_int8
+from qa_distill.runtime.hardware import int8_products_exact
 
 DEQUANTIZE_WEIGHTS = torch.ops.quantized_decomposed.dequantize_per_channel.default
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from qa_distill.errors import ModelError
-from qa_distill.registry import ModelVersionRef, exact_version, pin_versions, tag_versions, with_latency
+from qa_distill.tracking.registry import ModelVersionRef, exact_version, pin_versions, tag_versions, with_latency
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import pytest
 
 from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
-from qa_distill.report import run_report
+from qa_distill.reporting.report import run_report
 
 
 def _log(recipe, role, f1, status="FINISHED"):

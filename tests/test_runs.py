@@ -12,13 +12,13 @@ from transformers import TrainerCallback
 
 from qa_distill.cli import main
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
+from qa_distill.data.squad import load_split
 from qa_distill.errors import ConfigError
-from qa_distill.evaluate import evaluate_model
-from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.inference.evaluate import evaluate_model
 from qa_distill.recipes import load_config
-from qa_distill.runs import run_distill, run_finetune
+from qa_distill.runtime.processes import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.saved_model import SavedSettings, read_settings
+from qa_distill.training.runs import run_distill, run_finetune
 
 from .conftest import write_squad
 

@@ -6,8 +6,8 @@ import json
 from types import SimpleNamespace
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.mlflow_model import ARTIFACT, QAModel
+from qa_distill.data.squad import load_split
+from qa_distill.inference.mlflow_model import ARTIFACT, QAModel
 from qa_distill.models import load_tokenizer
 from qa_distill.saved_model import SETTINGS_FILE, SavedSettings, read_settings, save_settings
 

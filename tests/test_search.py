@@ -20,9 +20,11 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from qa_distill import search, search_report, study_storage
 from qa_distill.config import RunConfig, SearchConfig
 from qa_distill.recipes import load_config
+from qa_distill.search import storage as study_storage
+from qa_distill.search import study as search
+from qa_distill.search import summary as search_report
 
 TESTS_DIR = Path(__file__).resolve().parent
 PARAGRAPHS = [

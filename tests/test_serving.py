@@ -20,8 +20,9 @@ import mlflow
 import pytest
 import yaml
 
-from qa_distill.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
-from qa_distill.predictor import QAPredictor
+import qa_distill
+from qa_distill.inference.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
+from qa_distill.inference.predictor import QAPredictor
 
 from .conftest import DEV_JSON
 
@@ -48,7 +49,7 @@ def third_party_imports(code_dir: Path) -> set[str]:
     """Top-level modules the bundled code imports that neither the standard library nor the
     package itself provides."""
     modules = set()
-    for source in code_dir.glob("*.py"):
+    for source in code_dir.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 modules |= {alias.name.partition(".")[0] for alias in node.names}
@@ -61,7 +62,11 @@ def test_requirements_pin_every_package_the_bundled_code_imports(logged):
     requirements = (logged["files"] / "requirements.txt").read_text().split()
     pins = dict(line.split("==") for line in requirements)
     assert all("==" in line for line in requirements), requirements
-    modules = third_party_imports(logged["files"] / "code" / "qa_distill")
+    code = logged["files"] / "code" / "qa_distill"
+    package = Path(qa_distill.__file__).parent
+    # the whole package is bundled, each sub-package's modules with it
+    assert {p.relative_to(code) for p in code.rglob("*.py")} == {p.relative_to(package) for p in package.rglob("*.py")}
+    modules = third_party_imports(code)
     assert {"datasets", "torch", "transformers", "yaml", "mlflow"} <= modules
     providers = packages_distributions()
     for module in modules:
@@ -126,7 +131,7 @@ def _post(server: dict, payload: dict) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    from qa_distill.data import load_questions
+    from qa_distill.data.squad import load_questions
 
     return [{"question": q["question"], "context": q["context"]} for q in load_questions(DEV_JSON, 3)]
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 
-from qa_distill import speed
 from qa_distill.config import DataConfig, SpeedConfig, TrackingConfig
-from qa_distill.data import load_questions, load_split
+from qa_distill.data.features import build_features
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.squad import load_questions, load_split
 from qa_distill.errors import ConfigError, ModelError
-from qa_distill.features import build_features
-from qa_distill.hardware import cpu_name
-from qa_distill.hf_baseline import HFPipelineBaseline
-from qa_distill.metrics import squad_scores
+from qa_distill.inference.predictor import QAPredictor, predict
 from qa_distill.models import load_qa_model, random_weight_model
-from qa_distill.predictor import QAPredictor, predict
-from qa_distill.tables import write_tables
+from qa_distill.reporting.tables import write_tables
+from qa_distill.runtime.hardware import cpu_name
+from qa_distill.speedtest import speed
+from qa_distill.speedtest.hf_baseline import HFPipelineBaseline
 
 from .conftest import DEV_JSON, assert_offline_html, minilm_path, save_tiny
 

@@ -9,10 +9,10 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.features import build_features
+from qa_distill.data.features import build_features
+from qa_distill.data.squad import load_split
 from qa_distill.models import load_qa_model, model_fingerprint
-from qa_distill.teacher_cache import StaleCacheError, cache_key, load_or_compute, teacher_forward
+from qa_distill.training.teacher_cache import StaleCacheError, cache_key, load_or_compute, teacher_forward
 
 WINDOWS = {"max_length": 96, "precision": "fp32"}  # the tiny windows and precision of every cache here
 

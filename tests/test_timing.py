@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qa_distill.timing import in_turns, measure
+from qa_distill.speedtest.timing import in_turns, measure
 
 QUESTIONS = [{"id": f"q{i}", "question": f"question {i}?", "context": f"context {i}"} for i in range(8)]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from qa_distill.errors import DataError
-from qa_distill.tradeoff import pareto_front, plot_speed_table, tradeoff_stem, write_tradeoff
+from qa_distill.speedtest.tradeoff import pareto_front, plot_speed_table, tradeoff_stem, write_tradeoff
 
 from .conftest import assert_offline_html
 

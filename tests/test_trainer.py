@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qa_distill.config import TrainingConfig
-from qa_distill.trainer import resolve_precision, training_arguments
+from qa_distill.training.trainer import resolve_precision, training_arguments
 
 
 @pytest.fixture()

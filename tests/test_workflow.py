@@ -1,5 +1,5 @@
 """`main` (qa_distill/workflow.py): the chain as child runs, reused when done, continued when not;
-and runs that `mlflow run` launches land in the configured experiment (qa_distill/launched_run.py)."""
+and runs that `mlflow run` launches land in the configured experiment (qa_distill/tracking/launched_run.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from qa_distill import tracking
 from qa_distill.cli import main as cli_main
 from qa_distill.config import TrackingConfig
-from qa_distill.launched_run import MOVED_TO
+from qa_distill.tracking import runs as tracking
+from qa_distill.tracking.launched_run import MOVED_TO
 from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from qa_distill.budgets import check_comparable, report_stem
 from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
-from qa_distill.registry import with_latency
-from qa_distill.tables import write_tables
-from qa_distill.tracking import setup
+from qa_distill.reporting.budgets import check_comparable, report_stem
+from qa_distill.reporting.tables import write_tables
+from qa_distill.tracking.registry import with_latency
+from qa_distill.tracking.runs import setup
 
 ROLE_NAMES = {"teacher": "teacher", "student": "student", "distill": "distilled"}
 _METRICS = ("exact_match", "f1", "train_seconds", "teacher_cache_seconds", "dev_questions", "train_windows_per_second")

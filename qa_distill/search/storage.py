@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from qa_distill.config import RunConfig
-from qa_distill.search_space import TrialSeededTPE
+from qa_distill.search.space import TrialSeededTPE
 
 log = logging.getLogger(__name__)
 

@@ -20,17 +20,18 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback, set_seed
 
-from qa_distill import lifecycle, preflight, tracking
 from qa_distill.config import RunConfig
-from qa_distill.data import load_split
-from qa_distill.distributed import is_main_process, main_process_first, world_size
-from qa_distill.features import build_features, cache_dir, group_by_length
-from qa_distill.mlflow_model import log_qa_model
+from qa_distill.data.features import build_features, cache_dir, group_by_length
+from qa_distill.data.squad import load_split
+from qa_distill.inference.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
-from qa_distill.progress import ProgressCallback, announce
+from qa_distill.runtime.distributed import is_main_process, main_process_first, world_size
+from qa_distill.runtime.progress import ProgressCallback, announce
 from qa_distill.saved_model import SavedSettings, save_settings
-from qa_distill.teacher_cache import TeacherLogits, load_or_compute
-from qa_distill.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
+from qa_distill.tracking import runs as tracking
+from qa_distill.training import lifecycle, preflight
+from qa_distill.training.teacher_cache import TeacherLogits, load_or_compute
+from qa_distill.training.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def prepare(config: RunConfig) -> Prepared:
         "dev_questions": len(dev.dataset),
         "train_windows": len(train_features),
         "dev_windows": len(dev_features),
-        "train_fingerprint": train.fingerprint,  # what report compares (qa_distill/budgets.py)
+        "train_fingerprint": train.fingerprint,  # what report compares (qa_distill/reporting/budgets.py)
         "dev_fingerprint": dev.fingerprint,
         **{f"train_{k}": v for k, v in train.skipped.items()},
         **{f"dev_{k}": v for k, v in dev.skipped.items()},

@@ -23,11 +23,11 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
-from qa_distill.data import file_sha256
+from qa_distill.data.squad import file_sha256
 from qa_distill.errors import QaDistillError
 from qa_distill.models import input_names
-from qa_distill.processes import remove_stale_temp_dirs
-from qa_distill.progress import Progress
+from qa_distill.runtime.processes import remove_stale_temp_dirs
+from qa_distill.runtime.progress import Progress
 
 ARRAYS = ("start.npy", "end.npy")
 FORMAT = 2  # 2: meta.json carries the arrays' SHA-256 (format 1 had no checksums)

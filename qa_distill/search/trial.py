@@ -19,8 +19,8 @@ import optuna
 from optuna.trial import TrialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from qa_distill import tracking
 from qa_distill.config import RunConfig
+from qa_distill.tracking import runs as tracking
 
 
 class PruningCallback(TrainerCallback):

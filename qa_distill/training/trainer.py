@@ -16,13 +16,13 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from qa_distill import hardware
 from qa_distill.config import TrainingConfig
-from qa_distill.losses import distillation_loss
-from qa_distill.metrics import squad_scores
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.models import accepts
-from qa_distill.postprocess import pad_offsets, postprocess
-from qa_distill.teacher_cache import TeacherLogits, teacher_forward
+from qa_distill.runtime import hardware
+from qa_distill.training.losses import distillation_loss
+from qa_distill.training.teacher_cache import TeacherLogits, teacher_forward
 
 
 def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:

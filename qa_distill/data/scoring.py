@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from qa_distill.data.metrics import gold_from_squad_json, squad_scores
 from qa_distill.errors import DataError
-from qa_distill.metrics import gold_from_squad_json, squad_scores
 
 log = logging.getLogger(__name__)
 

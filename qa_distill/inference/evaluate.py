@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from qa_distill.config import DataConfig
-from qa_distill.data import load_split
-from qa_distill.metrics import squad_scores
-from qa_distill.predictor import QAPredictor
-from qa_distill.progress import Progress
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.squad import load_split
+from qa_distill.inference.predictor import QAPredictor
+from qa_distill.runtime.progress import Progress
 
 
 def evaluate_model(source: str, data: DataConfig, backend: str = "fp32", chunk: int = 256) -> dict[str, Any]:

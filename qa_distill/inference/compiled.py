@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qa_distill.hardware import cpu_flags, cpu_name
+from qa_distill.inference.quantize import quantize_int8
 from qa_distill.models import model_fingerprint
-from qa_distill.processes import remove_stale_temp_dirs
-from qa_distill.quantize import quantize_int8
+from qa_distill.runtime.hardware import cpu_flags, cpu_name
+from qa_distill.runtime.processes import remove_stale_temp_dirs
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]

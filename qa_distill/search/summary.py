@@ -18,8 +18,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from qa_distill.study_storage import best_number
-from qa_distill.tables import write_tables
+from qa_distill.reporting.tables import write_tables
+from qa_distill.search.storage import best_number
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from qa_distill.data import Split
+from qa_distill.data.squad import Split
 from qa_distill.errors import ModelError
-from qa_distill.progress import Progress, counted, datasets_bars_off
+from qa_distill.runtime.progress import Progress, counted, datasets_bars_off
 
 FEATURES_VERSION = "1"  # bump when the feature layout changes, to invalidate caches
 

@@ -34,11 +34,11 @@ from mlflow.exceptions import MlflowException
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from qa_distill import tracking
 from qa_distill.config import RunConfig, launched_by_mlflow_run
-from qa_distill.distributed import is_main_process
 from qa_distill.errors import ConfigError, Interrupted
-from qa_distill.processes import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.runtime.distributed import is_main_process
+from qa_distill.runtime.processes import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 

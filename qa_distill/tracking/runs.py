@@ -18,7 +18,6 @@ import mlflow
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from qa_distill import launched_run
 from qa_distill.config import (
     RunConfig,
     TrackingConfig,
@@ -27,7 +26,8 @@ from qa_distill.config import (
     sqlite_file,
     tracking_uri,
 )
-from qa_distill.distributed import is_main_process
+from qa_distill.runtime.distributed import is_main_process
+from qa_distill.tracking import launched_run
 
 OUTPUT_DIR_TAG = "qa_distill.output_dir"
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from qa_distill.errors import ModelError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # qa_distill/, sub-packages included
 
 
 def imported_modules(package_dir: Path = PACKAGE_DIR) -> set[str]:
     """Top-level names of the third-party modules the package's `.py` files import (absolute
     imports only: relative ones are the package itself)."""
     names: set[str] = set()
-    for source in package_dir.glob("*.py"):
+    for source in package_dir.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from qa_distill.progress import Progress
+from qa_distill.runtime.progress import Progress
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")

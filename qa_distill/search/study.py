@@ -24,15 +24,21 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from qa_distill import preflight, processes, tracking
 from qa_distill.config import RunConfig, SearchConfig
-from qa_distill.distributed import world_size
+from qa_distill.data.features import cache_dir
 from qa_distill.errors import ConfigError
-from qa_distill.evaluate import evaluate_model
-from qa_distill.features import cache_dir
-from qa_distill.mlflow_model import log_qa_model
+from qa_distill.inference.evaluate import evaluate_model
+from qa_distill.inference.mlflow_model import log_qa_model
 from qa_distill.recipes import validate_search
-from qa_distill.runs import (
+from qa_distill.runtime import processes
+from qa_distill.runtime.distributed import world_size
+from qa_distill.search.space import SearchSpace
+from qa_distill.search.storage import best_number, default_storage, open_study, redact
+from qa_distill.search.summary import log_summary, summarise, write_report
+from qa_distill.search.trial import PruningCallback, trial_config, trial_dir, trial_run
+from qa_distill.tracking import runs as tracking
+from qa_distill.training import preflight
+from qa_distill.training.runs import (
     Prepared,
     Teacher,
     load_student,
@@ -41,10 +47,6 @@ from qa_distill.runs import (
     teacher_logits,
     train_distill,
 )
-from qa_distill.search_report import log_summary, summarise, write_report
-from qa_distill.search_space import SearchSpace
-from qa_distill.search_trial import PruningCallback, trial_config, trial_dir, trial_run
-from qa_distill.study_storage import best_number, default_storage, open_study, redact
 
 
 def warm_teacher_cache(prepared: Prepared, teacher: Teacher) -> None:

@@ -19,7 +19,7 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from qa_distill.hardware import cpu_name
+from qa_distill.runtime.hardware import cpu_name
 
 EVERY_SECONDS = 30.0  # a plain line at most this often (default of TrainingConfig.progress_seconds)
 

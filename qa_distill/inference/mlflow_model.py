@@ -26,7 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from qa_distill.config import BACKENDS
-from qa_distill.requirements import pinned_requirements
+from qa_distill.inference.requirements import PACKAGE_DIR, pinned_requirements
 
 ARTIFACT = "hf_model"  # the HF model directory inside the MLflow model
 COLUMNS = ("question", "context")
@@ -74,7 +74,7 @@ class QAModel(mlflow.pyfunc.PythonModel):
         """The predictor of one backend, built on its first request (every backend compiles the
         model, or loads it compiled from the cache: seconds that only a used backend should cost)."""
         if backend not in self.predictors:
-            from qa_distill.predictor import QAPredictor
+            from qa_distill.inference.predictor import QAPredictor
 
             began = time.perf_counter()
             self.predictors[backend] = QAPredictor(self.model_dir, backend)
@@ -107,7 +107,7 @@ def log_qa_model(
         name="model",
         python_model=QAModel(),
         artifacts={ARTIFACT: str(model_dir)},
-        code_paths=[str(Path(__file__).parent)],
+        code_paths=[str(PACKAGE_DIR)],
         input_example=example,
         signature=SIGNATURE,
         model_config={"max_context_words": max_context_words},

@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 import transformers
 
-from qa_distill.compiled import export_logits
 from qa_distill.config import (
     DEFAULT_DEV_JSON,
     RESULTS_DIR,
@@ -33,20 +32,21 @@ from qa_distill.config import (
     launched_by_mlflow_run,
     tracking_uri,
 )
-from qa_distill.data import load_questions
+from qa_distill.data.metrics import squad_scores
+from qa_distill.data.squad import load_questions
 from qa_distill.errors import ConfigError, ModelError
-from qa_distill.hardware import cpu_name
-from qa_distill.hf_baseline import HFPipelineBaseline
-from qa_distill.metrics import squad_scores
+from qa_distill.inference.compiled import export_logits
+from qa_distill.inference.predictor import QAPredictor
 from qa_distill.models import load_config, load_tokenizer, resolve_source
-from qa_distill.predictor import QAPredictor
-from qa_distill.progress import announce
 from qa_distill.recipes import validate_speed
-from qa_distill.registry import LATENCY_FIGURES, pin_versions, tag_versions
-from qa_distill.tables import write_tables
-from qa_distill.timing import Answerer, Timing, measure
-from qa_distill.tracking import setup as setup_tracking
-from qa_distill.tradeoff import log_to_run_and_parent, tradeoff_stem, write_tradeoff
+from qa_distill.reporting.tables import write_tables
+from qa_distill.runtime.hardware import cpu_name
+from qa_distill.runtime.progress import announce
+from qa_distill.speedtest.hf_baseline import HFPipelineBaseline
+from qa_distill.speedtest.timing import Answerer, Timing, measure
+from qa_distill.speedtest.tradeoff import log_to_run_and_parent, tradeoff_stem, write_tradeoff
+from qa_distill.tracking.registry import LATENCY_FIGURES, pin_versions, tag_versions
+from qa_distill.tracking.runs import setup as setup_tracking
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from qa_distill.compiled import compile_logits
 from qa_distill.config import BACKENDS
+from qa_distill.data.features import context_offsets, encode_windows
+from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.errors import ModelError
-from qa_distill.features import context_offsets, encode_windows
+from qa_distill.inference.compiled import compile_logits
 from qa_distill.models import input_names, load_qa_model, resolve_source
-from qa_distill.postprocess import pad_offsets, postprocess
 from qa_distill.saved_model import read_settings
 
 

@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from qa_distill.hardware import int8_products_exact
+from qa_distill.runtime.hardware import int8_products_exact
 
 HEAD = "model.qa_outputs"  # the QA head inside `compiled.StartEnd`
 

@@ -1,0 +1,1 @@
+"""The machine a run is on: CPU, processes, threads, progress lines, distributed launch."""

@@ -1,0 +1,1 @@
+"""Optuna searches over the distillation settings, each trial a nested MLflow run."""

@@ -1,0 +1,1 @@
+"""MLflow: the tracking store, runs and their logging, the model registry."""
