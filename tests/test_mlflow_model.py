@@ -2,32 +2,66 @@
 
 from __future__ import annotations
 
-import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 
-from qa_distill.inference.mlflow_model import ARTIFACT, QAModel
+from qa_distill.inference import compiled
+from qa_distill.inference.mlflow_model import ARTIFACT, MAX_CONTEXT_WORDS, QAModel, log_qa_model
 
 
-def test_a_used_model_pickles_without_its_predictor_and_answers_the_same_after_loading(tiny_bert):
-    # MLflow may pickle the model after running its input example; the predictor's traced graph
-    # cannot be pickled, so it is left out and built again by load_context.
+def test_the_model_answers_a_span_of_each_row_given_records_or_a_data_frame(tiny_bert):
     context = SimpleNamespace(artifacts={ARTIFACT: tiny_bert}, model_config={})
     rows = [{"question": "Who won?", "context": "The Broncos won Super Bowl 50 in Santa Clara."},
             {"question": "Who wrote it?", "context": "It was written by Ada Lovelace in 1843."}]
     model = QAModel()
     model.load_context(context)
     answers = model.predict(context, rows)
-    assert model.predict(context, pd.DataFrame(rows)) == answers  # records or a DataFrame alike
-    # one answer per row, a non-empty span of that row's own context
+    assert model.predict(context, pd.DataFrame(rows)) == answers
     assert all(answer and answer in row["context"] for answer, row in zip(answers, rows, strict=True))
-    copy = pickle.loads(pickle.dumps(model))
-    assert not hasattr(copy, "predictors")
-    copy.load_context(context)
-    assert copy.predict(context, rows) == answers
+
+
+@pytest.fixture(scope="module")
+def logged(tiny_bert, tmp_path_factory) -> dict:
+    """The tiny model logged, with compiling on, in a store of its own: its URI, its files, and
+    what each check of whether to compile answered while it was logged (none compiles here)."""
+    root = tmp_path_factory.mktemp("store")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("log", artifact_location=(root / "artifacts").as_uri())
+    checks: list[bool] = []
+    real = compiled.compiling
+    with pytest.MonkeyPatch.context() as patch, mlflow.start_run(experiment_id=experiment):
+        patch.setenv("QA_DISTILL_COMPILE", "1")
+        patch.setattr(compiled, "compiling", lambda: checks.append(real()) or False)
+        uri = log_qa_model(tiny_bert, None)
+        compiling_after = real()
+    return {"compiling_after": compiling_after, "uri": uri, "checks": checks,
+            "files": Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(root / "model")))}
+
+
+def test_logging_validates_the_example_on_an_uncompiled_model(logged):
+    assert (logged["files"] / "serving_input_example.json").exists()
+    assert logged["checks"] and not any(logged["checks"])  # a predictor was built, and not compiled
+    assert logged["compiling_after"]  # and compiling is on again after
+
+
+def test_the_logged_model_is_code_and_loads_with_no_unpickling(logged, monkeypatch):
+    files = logged["files"]
+    assert not [p for p in files.rglob("*") if p.suffix in (".pkl", ".pickle") or p.name.startswith("python_model")]
+    flavor = yaml.safe_load((files / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    assert (files / Path(flavor["model_code_path"]).name).exists() and (files / "code" / "qa_distill").is_dir()
+    assert flavor["config"] == {"max_context_words": MAX_CONTEXT_WORDS}
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses to unpickle a model
+    model = mlflow.pyfunc.load_model(logged["uri"])
+    rows = [{"question": "Who won?", "context": "The Broncos won Super Bowl 50."}]
+    (answer,) = model.predict(pd.DataFrame(rows))
+    assert answer and answer in rows[0]["context"]
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,20 @@ one-line message, which `mlflow models serve` answers with HTTP 400 (any other e
 come back with its traceback). A context longer than `max_context_words` (model config, saved
 with the model; `mlflow.pyfunc.load_model(uri, model_config=...)` overrides it) is refused:
 its windows would keep a server busy for seconds.
+
+The model is logged from code, not pickled: MLflow runs `pyfunc_model.py` (saved with the model)
+to build it from the bundled `qa_distill` package, so loading runs no unpickling and no module
+path is frozen in the artifacts. Logging validates the input example on uncompiled predictors:
+compiling (tens of seconds) is for the machine that serves the model, on a backend's first use.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from qa_distill.config import BACKENDS
 from qa_distill.inference.requirements import PACKAGE_DIR, pinned_requirements
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to build the model
 ARTIFACT = "hf_model"  # the HF model directory inside the MLflow model
 COLUMNS = ("question", "context")
 MAX_CONTEXT_WORDS = 5000  # SQuAD contexts have at most ~700 words
@@ -83,11 +92,6 @@ class QAModel(mlflow.pyfunc.PythonModel):
                   file=sys.stderr, flush=True)
         return self.predictors[backend]
 
-    def __getstate__(self) -> dict:
-        """Pickled without the predictors, which `load_context` builds again from the artifacts:
-        MLflow may pickle the model after using it, and a compiled library cannot be pickled."""
-        return {key: value for key, value in self.__dict__.items() if key != "predictors"}
-
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         try:
             frame = pd.DataFrame(model_input)
@@ -98,21 +102,35 @@ class QAModel(mlflow.pyfunc.PythonModel):
         return self.predictor(backend).answer_batch(list(frame["question"]), list(frame["context"]))
 
 
-def log_qa_model(
-    model_dir: str | Path, registered_name: str | None = None, max_context_words: int = MAX_CONTEXT_WORDS
-) -> str:
-    """Log a saved HF QA model directory as an MLflow pyfunc; returns its model URI."""
-    example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ada."]})
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=QAModel(),
-        artifacts={ARTIFACT: str(model_dir)},
-        code_paths=[str(PACKAGE_DIR)],
-        input_example=example,
-        signature=SIGNATURE,
-        model_config={"max_context_words": max_context_words},
-        registered_model_name=registered_name,
-        pip_requirements=pinned_requirements(),
-    )
-    return info.model_uri
+@contextmanager
+def _uncompiled() -> Iterator[None]:
+    """Models built inside run uncompiled (`QA_DISTILL_COMPILE=0`); the setting is restored after."""
+    before = os.environ.get("QA_DISTILL_COMPILE")
+    os.environ["QA_DISTILL_COMPILE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["QA_DISTILL_COMPILE"]
+        else:
+            os.environ["QA_DISTILL_COMPILE"] = before
 
+
+def log_qa_model(model_dir: str | Path, registered_name: str | None, *,
+                 max_context_words: int = MAX_CONTEXT_WORDS) -> str:
+    """Log a saved HF QA model directory as an MLflow pyfunc (registered under `registered_name`
+    unless None); returns its model URI."""
+    example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ada."]})
+    with _uncompiled():  # MLflow loads the model and answers the example to validate it
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={ARTIFACT: str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)],
+            input_example=example,
+            signature=SIGNATURE,
+            model_config={"max_context_words": max_context_words},
+            registered_model_name=registered_name,
+            pip_requirements=pinned_requirements(),
+        )
+    return info.model_uri
