@@ -94,8 +94,10 @@ def _free_port() -> int:
 def server(logged):
     """`mlflow models serve --env-manager local` on the registered version; its URL and log."""
     port, log = _free_port(), logged["root"] / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["tracking_uri"], "PYTHONPATH": str(ROOT)}
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    bin_dir = Path(sys.executable).parent  # mlflow's CLI, and the uvicorn it runs, in this environment
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["tracking_uri"], "PYTHONPATH": str(ROOT),
+           "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+    mlflow_cli = bin_dir / "mlflow"
     with open(log, "w") as out:
         process = subprocess.Popen(
             [str(mlflow_cli), "models", "serve", "-m", logged["uri"], "--env-manager", "local", "-p", str(port)],
@@ -115,8 +117,9 @@ def server(logged):
             pytest.fail(f"the server did not answer /ping in 4 minutes: {log.read_text()[-2000:]}")
         yield {"url": url, "log": log}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it started
-        process.wait(timeout=30)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it started
+            process.wait(timeout=30)
 
 
 def _post(server: dict, payload: dict) -> tuple[int, str]:
