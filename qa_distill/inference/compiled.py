@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -57,9 +58,9 @@ def compiling() -> bool:
     return os.environ.get("QA_DISTILL_COMPILE", "1") != "0"
 
 
-def cache_root() -> Path:
-    """Where compiled libraries are kept: `$QA_DISTILL_CACHE/compiled`, by default under ~/.cache."""
-    return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / "compiled"
+def cache_root(kind: str = "compiled") -> Path:
+    """Where built models of a kind are kept: `$QA_DISTILL_CACHE/<kind>`, by default under ~/.cache."""
+    return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / kind
 
 
 class StartEnd(nn.Module):
@@ -111,7 +112,7 @@ class CompiledLogits(ModuleLogits):
 
 
 @contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Export reads every attribute of the model (transformers then logs that a QA model's config
     names no loss, a note about training) and warns of its own internals; neither is ours to act on."""
     log = logging.getLogger("transformers.modeling_utils")
@@ -139,7 +140,7 @@ def export_logits(model: nn.Module, names: Sequence[str], vocab_size: int, preci
     """`model`'s forward as a graph of any number of windows of any length up to its positions,
     quantised for int8."""
     example = _tensors(example_inputs(names, vocab_size, EXPORTED_ON), names)
-    with _quiet_export():
+    with quiet_export():
         program = torch.export.export(StartEnd(model, names).eval(), example, dynamic_shapes=(_axes(model, names),))
         if precision == "int8":
             program = torch.export.export(quantize_int8(program.module(), example), example,
@@ -187,7 +188,7 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
     tmp.mkdir(exist_ok=True)
     try:
         built = tmp / path.name
-        with _quiet_export():
+        with quiet_export():
             torch._inductor.aoti_compile_and_package(program, package_path=str(built),
                                                      inductor_configs={"freezing": True})
         compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
@@ -205,6 +206,15 @@ def uncompiled_logits(model: nn.Module, names: Sequence[str], vocab_size: int, p
     if precision == "int8":
         return ModuleLogits(export_logits(model, names, vocab_size, precision).module(), names)
     return ModuleLogits(StartEnd(model, names).eval(), names)
+
+
+def quantised_mb(model: nn.Module, names: Sequence[str], vocab_size: int) -> float:
+    """Megabytes of the tensors the int8 graph computes with (it also holds the float weights it
+    was made from, which no node uses): what a compiled int8 library folds in."""
+    graph = export_logits(model, names, vocab_size, "int8").module()
+    tensors = {id(t): t for t in (attrgetter(node.target)(graph) for node in graph.graph.nodes
+                                  if node.op == "get_attr" and node.users) if isinstance(t, torch.Tensor)}
+    return sum(t.nbytes for t in tensors.values()) / 1e6
 
 
 def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str) -> Forward:
