@@ -140,9 +140,9 @@ def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
 
 def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
     results = speed.time_models(speed.check_models({"tiny": tiny_model}), questions,
-                                SpeedConfig(backends=("fp32", "int8"), threads=1, warmup=2, batch_size=3))
+                                SpeedConfig(backends=("fp32", "int8", "onnx-int8"), threads=1, warmup=2, batch_size=3))
     assert [(r.model, r.backend) for r in results] == [
-        ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8")
+        ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8"), ("tiny", "onnx-int8")
     ]
     table = speed.results_table(results)
     gold = {q["id"]: q["answers"] for q in questions}
@@ -160,7 +160,11 @@ def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
     assert [results[1].answers[q["id"]] for q in questions] == fp32_answers
     on_disk = (Path(tiny_model) / "model.safetensors").stat().st_size / 1e6
     assert table["size_mb"][0] == table["size_mb"][1] == pytest.approx(on_disk)
-    assert 0 < table["size_mb"][2] < on_disk  # int8 linear layers (embeddings stay fp32)
+    # int8 linear layers (embeddings stay fp32), as each runtime holds them: the compiled graph's
+    # tensors, ONNX Runtime's graph file
+    assert 0 < table["size_mb"][2] < on_disk and 0 < table["size_mb"][3] < on_disk
+    onnx_file = QAPredictor(tiny_model, "onnx-int8").forward.path  # the cached graph the test ran
+    assert table["size_mb"][3] == pytest.approx(onnx_file.stat().st_size / 1e6)
     assert "speedup_vs_teacher_hf" not in table
 
 

@@ -154,7 +154,11 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
         if precision == "int8":
             quantize_onnx_int8(graph_path(model, names, vocab_size, "fp32"), built)
         else:
-            export_onnx(model, names, vocab_size, built)
+            try:
+                export_onnx(model, names, vocab_size, built)
+            except Exception as error:  # noqa: BLE001 - whatever the exporter meets, one line
+                first = (str(error).strip() or type(error).__name__).splitlines()[0]
+                raise ModelError(f"{type(model).__name__} cannot be exported to ONNX: {first}") from error
         try:
             check_agrees(OnnxLogits(built, threads=1), ModuleLogits(StartEnd(model, names).eval(), names), names,
                          vocab_size, TOLERANCE[precision])
