@@ -10,7 +10,7 @@ TorchScript graphs and torch.ao modules they replace were deprecated in torch 2.
 (`benchmarks/maintained_backends.py` times both side by side: compiled fp32 and bf16 are
 faster, int8 about as fast).
 
-Compiling takes seconds to tens of seconds, so each library is cached on disk (`cache_root()`),
+Compiling takes seconds to tens of seconds, so each library is cached on disk (`cache_root("compiled")`),
 keyed by everything its code depends on: the weights, the precision, the inputs, the torch and
 torchao versions, the CPU's instruction sets (the generated code uses them) and the thread
 count (compiled into its parallel loops). A library is checked against the model it was
@@ -58,7 +58,7 @@ def compiling() -> bool:
     return os.environ.get("QA_DISTILL_COMPILE", "1") != "0"
 
 
-def cache_root(kind: str = "compiled") -> Path:
+def cache_root(kind: str) -> Path:
     """Where built models of a kind are kept: `$QA_DISTILL_CACHE/<kind>`, by default under ~/.cache."""
     return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / kind
 
@@ -224,7 +224,7 @@ def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, prec
     if compiling():
         try:
             with torch.no_grad():
-                path = cache_root() / f"{library_key(model, names, precision)}.pt2"
+                path = cache_root("compiled") / f"{library_key(model, names, precision)}.pt2"
                 if path.exists():
                     return CompiledLogits(torch._inductor.aoti_load_package(str(path)), names, path)
                 return _build(model, names, vocab_size, precision, path)

@@ -59,15 +59,15 @@ _NOTES = {"torch.onnx._internal.exporter._registration": "torchvision is not ins
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    filters = {name: WithoutNote(note) for name, note in _NOTES.items()}
-    for name, note_filter in filters.items():
-        logging.getLogger(None if name == "root" else name).addFilter(note_filter)
+    filters = {logging.getLogger(name): WithoutNote(note) for name, note in _NOTES.items()}  # "root": the root
+    for log, note_filter in filters.items():
+        log.addFilter(note_filter)
     try:
         with quiet_export():
             yield
     finally:
-        for name, note_filter in filters.items():
-            logging.getLogger(None if name == "root" else name).removeFilter(note_filter)
+        for log, note_filter in filters.items():
+            log.removeFilter(note_filter)
 
 
 def export_onnx(model: nn.Module, names: Sequence[str], vocab_size: int, path: Path, *,
