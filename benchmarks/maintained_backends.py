@@ -16,7 +16,7 @@ questions asked one at a time (the latency case):
 Accuracy against the compiled backend of the same precision: the largest logit difference and
 the share of start/end argmaxes that agree on the same windows. Writes
 experiments/results/maintained-backends-bench.{csv,md}. Needs the `bench` extra
-(`pip install -e '.[bench]'`: onnx, onnxscript, onnxruntime).
+(`pip install -e '.[bench]'`: the `onnx` extra's onnx, onnxscript, onnxruntime).
 
     python benchmarks/maintained_backends.py --model distilled=DIR --model teacher=DIR [--questions 200]
 """
@@ -39,6 +39,7 @@ from qa_distill.config import DEFAULT_DEV_JSON, RESULTS_DIR
 from qa_distill.data.features import encode_windows
 from qa_distill.data.squad import load_questions
 from qa_distill.inference.compiled import Logits, ModuleLogits, StartEnd, example_inputs
+from qa_distill.inference.onnx_runtime import OnnxLogits, export_onnx, quantize_onnx_int8
 from qa_distill.inference.predictor import QAPredictor
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name, int8_products_exact
@@ -47,7 +48,6 @@ from qa_distill.speedtest.timing import in_turns
 Inputs = dict[str, torch.Tensor]
 Forward = Callable[[Inputs], Logits]
 MASK = "attention_mask"
-OPSET = 23  # the first opset with a standard `Attention` operator
 
 
 def question_batches(predictor: QAPredictor, questions: list[dict]) -> list[Inputs]:
@@ -118,64 +118,19 @@ def traced_logits(model: nn.Module, names: Sequence[str], int8: bool) -> Forward
     return forward
 
 
-def export_onnx(model: nn.Module, names: Sequence[str], lengths: list[int], path: Path) -> Path:
-    """`model` (inputs `names`, outputs start and end logits) as ONNX, any batch and length,
-    exported on windows of `lengths`."""
-    from torch.export import Dim
-
-    example = example_inputs(names, model.config.vocab_size, lengths)
-    axes = {0: Dim("batch"), 1: Dim("sequence", max=model.config.max_position_embeddings)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on axis names
-        torch.onnx.export(
-            StartEnd(model, names).eval(), tuple(example[name] for name in names), str(path),
-            input_names=list(names), output_names=["start_logits", "end_logits"],
-            dynamic_shapes=(tuple(axes for _ in names),), dynamo=True, optimize=True, opset_version=OPSET,
-            verbose=False,
-        )
-    return path
-
-
-def quantize_onnx_int8(source: Path, target: Path) -> Path:
-    """Dynamic int8 of every weight matrix product but the QA head's, one scale per output channel."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(source), load_external_data=False).graph
-    weights = {tensor.name for tensor in graph.initializer}
-
-    def in_head(node) -> bool:
-        return any(p.key == "namespace" and "qa_outputs" in p.value for p in node.metadata_props)
-
-    keep_float = [node.name for node in graph.node
-                  if node.op_type == "MatMul" and (node.input[1] not in weights or in_head(node))]
-    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True,
-                     reduce_range=not int8_products_exact(), weight_type=QuantType.QInt8,
-                     nodes_to_exclude=keep_float)
-    return target
-
-
 def onnx_logits(model: nn.Module, names: Sequence[str], int8: bool, threads: int) -> Forward:
-    """ONNX Runtime sessions of `model`: one given the mask, one without it for unpadded batches
-    (as the former traced path had)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
+    """ONNX Runtime sessions of `model` (the package's export and int8, `onnx_runtime.py`): one
+    given the mask, one without it for unpadded batches (as the former traced path had)."""
     sessions = []
     with tempfile.TemporaryDirectory(prefix="qa-distill-onnx-") as tmp:
         for i, (graph_names, lengths) in enumerate(two_graphs(names)):
-            path = export_onnx(model, graph_names, lengths, Path(tmp) / f"{i}.onnx")
+            path = export_onnx(model, graph_names, model.config.vocab_size, Path(tmp) / f"{i}.onnx", lengths=lengths)
             if int8:
                 path = quantize_onnx_int8(path, path.with_suffix(".int8.onnx"))
-            sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+            sessions.append(OnnxLogits(path, threads))
 
     def forward(inputs: Inputs) -> Logits:
-        session = sessions[1] if bool(inputs[MASK].all()) else sessions[0]
-        feed = {arg.name: np.ascontiguousarray(inputs[arg.name].numpy()) for arg in session.get_inputs()}
-        start, end = session.run(None, feed)
-        return torch.from_numpy(start), torch.from_numpy(end)
+        return sessions[1 if bool(inputs[MASK].all()) else 0](inputs)
 
     return forward
 

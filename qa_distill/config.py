@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qa_distill.backends import BACKENDS, DEFAULT_BACKENDS
 from qa_distill.errors import ConfigError
 
 
@@ -30,8 +31,6 @@ RESULTS_DIR = EXPERIMENTS_DIR / "results"
 # the offline copy of SQuAD beside the project (see README); hub users pass --data squad
 DEFAULT_DEV_JSON = PROJECT_ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 ROLES = ("teacher", "student", "distill")
-# inference backends of qa_distill.inference.predictor (named here so the CLI can list them without torch)
-BACKENDS = ("fp32", "fp32-maxpad", "bf16", "int8")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
@@ -151,7 +150,7 @@ class SpeedConfig:
                                       "(student) architectures with random weights")
     dev_json: str = setting("", "SQuAD JSON the questions come from (default: the official dev set)")
     questions: int = setting(1000, "dev questions, a seeded sample")
-    backends: tuple[str, ...] = setting(BACKENDS, "backends to time, some of " + " ".join(BACKENDS))
+    backends: tuple[str, ...] = setting(DEFAULT_BACKENDS, "backends to time, some of " + " ".join(BACKENDS))
     threads: int = setting(2, "CPU threads for torch")
     batch_size: int = setting(32, "questions per call in the throughput pass")
     warmup: int = setting(10, "untimed questions first")

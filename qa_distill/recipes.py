@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from qa_distill.backends import usable
 from qa_distill.config import (
     BACKENDS,
     EXPERIMENTS_DIR,
@@ -247,13 +248,15 @@ def validate_search(search: SearchConfig) -> None:
 
 
 def validate_speed(speed: SpeedConfig) -> None:
-    """Known backends, sensible counts: checked before any model is loaded."""
+    """Known and installed backends, sensible counts: checked before any model is loaded."""
     unknown = [b for b in speed.backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"unknown backend(s) {unknown}: expected some of {list(BACKENDS)} "
                           "(the hf-pipeline baseline is switched on and off by speed.hf_baseline)")
     if not speed.backends:
         raise ConfigError(f"no backend to time: give some of {list(BACKENDS)}")
+    for backend in speed.backends:
+        usable(backend)
     for what, value, least in (("questions", speed.questions, 1), ("threads", speed.threads, 1),
                                ("batch_size", speed.batch_size, 1), ("warmup", speed.warmup, 0)):
         if value < least:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 import qa_distill
+from qa_distill.config import BACKENDS
 from qa_distill.inference.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
 from qa_distill.inference.predictor import QAPredictor
 
@@ -176,7 +177,7 @@ def test_bad_requests_get_a_400_with_the_reason(server, rows):
         "Error: question of row(s) [0] is not a string")
     assert "missing inputs ['context']" in _refused(server, {"dataframe_records": [{"question": "Who?"}]})
     assert _refused(server, {"dataframe_records": [row], "params": {"backend": "int9"}}).endswith(
-        "unknown backend 'int9': expected one of ['fp32', 'fp32-maxpad', 'bf16', 'int8']")
+        f"unknown backend 'int9': expected one of {list(BACKENDS)}")
     too_long = {**row, "context": "word " * (MAX_CONTEXT_WORDS + 1)}
     assert _refused(server, {"dataframe_records": [row, too_long]}).endswith(
         f"context of row 1 has {MAX_CONTEXT_WORDS + 1} words, over the limit of {MAX_CONTEXT_WORDS} "

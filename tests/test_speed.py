@@ -140,9 +140,9 @@ def test_hf_pipeline_baseline(tiny_model, questions, fp32_answers):
 
 def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
     results = speed.time_models(speed.check_models({"tiny": tiny_model}), questions,
-                                SpeedConfig(backends=("fp32", "int8"), threads=1, warmup=2, batch_size=3))
+                                SpeedConfig(backends=("fp32", "int8", "onnx-int8"), threads=1, warmup=2, batch_size=3))
     assert [(r.model, r.backend) for r in results] == [
-        ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8")
+        ("tiny", "hf-pipeline"), ("tiny", "fp32"), ("tiny", "int8"), ("tiny", "onnx-int8")
     ]
     table = speed.results_table(results)
     gold = {q["id"]: q["answers"] for q in questions}
@@ -161,6 +161,10 @@ def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
     on_disk = (Path(tiny_model) / "model.safetensors").stat().st_size / 1e6
     assert table["size_mb"][0] == table["size_mb"][1] == pytest.approx(on_disk)
     assert 0 < table["size_mb"][2] < on_disk  # int8 linear layers (embeddings stay fp32)
+    # ONNX Runtime's int8 is the graph file it runs (here about the weights' size: the embeddings,
+    # float, are most of a 32-wide model)
+    onnx_file = QAPredictor(tiny_model, "onnx-int8").forward.path  # the cached graph the test ran
+    assert table["size_mb"][3] == pytest.approx(onnx_file.stat().st_size / 1e6)
     assert "speedup_vs_teacher_hf" not in table
 
 

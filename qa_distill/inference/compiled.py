@@ -10,7 +10,7 @@ TorchScript graphs and torch.ao modules they replace were deprecated in torch 2.
 (`benchmarks/maintained_backends.py` times both side by side: compiled fp32 and bf16 are
 faster, int8 about as fast).
 
-Compiling takes seconds to tens of seconds, so each library is cached on disk (`cache_root()`),
+Compiling takes seconds to tens of seconds, so each library is cached on disk (`cache_root("compiled")`),
 keyed by everything its code depends on: the weights, the precision, the inputs, the torch and
 torchao versions, the CPU's instruction sets (the generated code uses them) and the thread
 count (compiled into its parallel loops). A library is checked against the model it was
@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -57,9 +58,9 @@ def compiling() -> bool:
     return os.environ.get("QA_DISTILL_COMPILE", "1") != "0"
 
 
-def cache_root() -> Path:
-    """Where compiled libraries are kept: `$QA_DISTILL_CACHE/compiled`, by default under ~/.cache."""
-    return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / "compiled"
+def cache_root(kind: str) -> Path:
+    """Where built models of a kind are kept: `$QA_DISTILL_CACHE/<kind>`, by default under ~/.cache."""
+    return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / kind
 
 
 class StartEnd(nn.Module):
@@ -111,7 +112,7 @@ class CompiledLogits(ModuleLogits):
 
 
 @contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Export reads every attribute of the model (transformers then logs that a QA model's config
     names no loss, a note about training) and warns of its own internals; neither is ours to act on."""
     log = logging.getLogger("transformers.modeling_utils")
@@ -139,7 +140,7 @@ def export_logits(model: nn.Module, names: Sequence[str], vocab_size: int, preci
     """`model`'s forward as a graph of any number of windows of any length up to its positions,
     quantised for int8."""
     example = _tensors(example_inputs(names, vocab_size, EXPORTED_ON), names)
-    with _quiet_export():
+    with quiet_export():
         program = torch.export.export(StartEnd(model, names).eval(), example, dynamic_shapes=(_axes(model, names),))
         if precision == "int8":
             program = torch.export.export(quantize_int8(program.module(), example), example,
@@ -187,7 +188,7 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
     tmp.mkdir(exist_ok=True)
     try:
         built = tmp / path.name
-        with _quiet_export():
+        with quiet_export():
             torch._inductor.aoti_compile_and_package(program, package_path=str(built),
                                                      inductor_configs={"freezing": True})
         compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
@@ -207,6 +208,15 @@ def uncompiled_logits(model: nn.Module, names: Sequence[str], vocab_size: int, p
     return ModuleLogits(StartEnd(model, names).eval(), names)
 
 
+def quantised_mb(model: nn.Module, names: Sequence[str], vocab_size: int) -> float:
+    """Megabytes of the tensors the int8 graph computes with (it also holds the float weights it
+    was made from, which no node uses): what a compiled int8 library folds in."""
+    graph = export_logits(model, names, vocab_size, "int8").module()
+    tensors = {id(t): t for t in (attrgetter(node.target)(graph) for node in graph.graph.nodes
+                                  if node.op == "get_attr" and node.users) if isinstance(t, torch.Tensor)}
+    return sum(t.nbytes for t in tensors.values()) / 1e6
+
+
 def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str) -> Forward:
     """`inputs -> (start_logits, end_logits)` of `model` (already cast for "bf16") compiled at
     `precision`, from the cache where it was compiled before; uncompiled where compiling is
@@ -214,7 +224,7 @@ def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, prec
     if compiling():
         try:
             with torch.no_grad():
-                path = cache_root() / f"{library_key(model, names, precision)}.pt2"
+                path = cache_root("compiled") / f"{library_key(model, names, precision)}.pt2"
                 if path.exists():
                     return CompiledLogits(torch._inductor.aoti_load_package(str(path)), names, path)
                 return _build(model, names, vocab_size, precision, path)

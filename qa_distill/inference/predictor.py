@@ -1,33 +1,49 @@
-"""Answering questions with a trained model on the CPU, with a choice of inference backend.
+"""Answering questions with a trained model on the CPU, on any backend of `qa_distill.backends`.
 
 The same windows (features) and the same post-processing as training evaluation, so an answer
-here is the answer the dev-set metric scored. Backends:
+here is the answer the dev-set metric scored. A backend's spec says how: its runtime (`RUNTIMES`)
+builds the forward pass at its precision, and its padding sets the width of each batch.
 
-- `fp32`: float32, each batch padded to its longest window;
-- `fp32-maxpad`: float32, every window padded to `max_length` (what fixed-shape serving does);
-- `bf16`: weights and activations in bfloat16, where the CPU runs it natively. Casting the
-  weights once is about 1.4x faster at batch 1 than autocast, which casts them on every call;
-- `int8`: dynamic int8 quantisation of the encoder's linear layers (`quantize.py`), float32
-  elsewhere.
-
-Every backend runs its model compiled ahead of time by AOTInductor (`compiled.py`): the same
-logits without the Python of the model's forward, fused, in a library cached on disk.
+- runtime "aotinductor": the model compiled ahead of time (`compiled.py`), the same logits
+  without the Python of the model's forward, fused, in a library cached on disk; int8 quantised
+  by `quantize.py`. bf16 casts the weights once, about 1.4x faster at batch 1 than autocast,
+  which casts them on every call;
+- runtime "onnxruntime": the model exported to ONNX and run by ONNX Runtime (`onnx_runtime.py`,
+  the `onnx` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from qa_distill.config import BACKENDS
+from qa_distill.backends import usable
 from qa_distill.data.features import context_offsets, encode_windows
 from qa_distill.data.postprocess import pad_offsets, postprocess
-from qa_distill.errors import ModelError
-from qa_distill.inference.compiled import compile_logits
+from qa_distill.inference import compiled, onnx_runtime
+from qa_distill.inference.compiled import Forward
 from qa_distill.models import input_names, load_qa_model, resolve_source
 from qa_distill.saved_model import read_settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What runs a backend: `build(model, input names, vocab size, precision)` gives its forward
+    pass, `quantised_mb(model, input names, vocab size)` the megabytes of the int8 weights it runs."""
+
+    build: Callable[[nn.Module, Sequence[str], int, str], Forward]
+    quantised_mb: Callable[[nn.Module, Sequence[str], int], float]
+
+
+# the runtimes `qa_distill.backends.Backend.runtime` names
+RUNTIMES = {
+    "aotinductor": Runtime(compiled.compile_logits, compiled.quantised_mb),
+    "onnxruntime": Runtime(onnx_runtime.onnx_logits, onnx_runtime.quantised_mb),
+}
 
 
 class QAPredictor:
@@ -44,8 +60,7 @@ class QAPredictor:
         max_answer_length: int | None = None,
     ) -> None:
         """Window and answer settings left None are the ones saved with the model (`saved_model`)."""
-        if backend not in BACKENDS:
-            raise ModelError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+        self.spec = usable(backend)  # before the model loads
         path = resolve_source(source)
         self.source, self.backend = source, backend
         saved = read_settings(path)
@@ -59,11 +74,19 @@ class QAPredictor:
         self.params = sum(p.numel() for p in model.parameters())
         self.input_names = input_names(model)
         self.pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
-        if backend == "bf16":
+        if self.spec.precision == "bf16":
             model = model.to(torch.bfloat16)
-        self.model = model  # uncompiled, not quantised: what `forward` was compiled from
-        precision = "fp32" if backend == "fp32-maxpad" else backend
-        self.forward = compile_logits(model, self.input_names, model.config.vocab_size, precision)
+        self.model = model  # not quantised: what `forward` was built from
+        self.runtime = RUNTIMES[self.spec.runtime]
+        self.forward = self.runtime.build(model, self.input_names, model.config.vocab_size, self.spec.precision)
+
+    def quantised_mb(self) -> float:
+        """Megabytes of the int8 weights `forward` runs with (they exist only in the runtime)."""
+        return self.runtime.quantised_mb(self.model, self.input_names, self.model.config.vocab_size)
+
+    def width(self, longest: int) -> int:
+        """How wide a batch whose longest window is `longest` is padded, by the backend's policy."""
+        return self.max_length if self.spec.padding == "max_length" else longest
 
     def _inputs(self, enc, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
         """Windows `rows` right-padded to `width`, as model inputs (NumPy: several times cheaper
@@ -78,18 +101,18 @@ class QAPredictor:
 
     def batches(self, enc) -> Iterator[tuple[np.ndarray, int, dict[str, torch.Tensor]]]:
         """(rows, width, model inputs) for every `batch_size` windows of `enc`, shortest first, so
-        each batch pads only to its own longest window (to max_length for `fp32-maxpad`)."""
+        each batch pads only to its own longest window (to max_length where the backend says so)."""
         lengths = [len(x) for x in enc["input_ids"]]
         order = np.argsort(lengths, kind="stable")
         for lo in range(0, len(order), self.batch_size):
             rows = order[lo : lo + self.batch_size]
-            width = self.max_length if self.backend == "fp32-maxpad" else lengths[rows[-1]]
+            width = self.width(lengths[rows[-1]])
             yield rows, width, self._inputs(enc, rows, width)
 
     @torch.inference_mode()
     def _logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
         lengths = [len(x) for x in enc["input_ids"]]
-        width = self.max_length if self.backend == "fp32-maxpad" else max(lengths)
+        width = self.width(max(lengths))
         start = np.full((len(lengths), width), -1e4, dtype=np.float32)
         end = np.full((len(lengths), width), -1e4, dtype=np.float32)
         for rows, longest, inputs in self.batches(enc):

@@ -3,7 +3,9 @@
 The MLflow model bundles the whole `qa_distill` package as code, so an environment that serves it
 needs every third-party package any of its modules imports. Reading the imports from the source
 (rather than a hand-kept list) keeps the two from drifting apart; `importlib.metadata` maps an
-import name to the distribution that provides it (`yaml` -> PyYAML) and gives its version.
+import name to the distribution that provides it (`yaml` -> PyYAML) and gives its version. The
+modules of optional backends (`qa_distill.backends`, an extra such as `onnx`) are pinned where
+installed and left out where not: the model then serves every backend but those.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from importlib.metadata import packages_distributions, version
 from pathlib import Path
 
+from qa_distill.backends import TABLE
 from qa_distill.errors import ModelError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # qa_distill/, sub-packages included
@@ -35,8 +38,10 @@ def pinned_requirements(package_dir: Path = PACKAGE_DIR) -> list[str]:
     """`distribution==version` for every distribution behind the package's imports, sorted. A
     local version label (`2.13.0+cpu`) is dropped: pip resolves the public version from an index."""
     providers = packages_distributions()
-    missing = sorted(m for m in imported_modules(package_dir) if m not in providers)
+    optional = {name for spec in TABLE for name in spec.modules}
+    imported = {m for m in imported_modules(package_dir) if m in providers or m not in optional}
+    missing = sorted(m for m in imported if m not in providers)
     if missing:
         raise ModelError(f"no installed distribution provides the module(s) {missing} the code imports")
-    distributions = {d for m in imported_modules(package_dir) for d in providers[m]}
+    distributions = {d for m in imported for d in providers[m]}
     return sorted(f"{d}=={version(d).split('+')[0]}" for d in distributions)

@@ -8,7 +8,8 @@ Two rules, checked before a table is written:
 - The tables committed under experiments/results/ are written only at full budget, so a
   test-sized run never overwrites them: `report`'s default output takes runs at the budget their
   recipe file sets (no overrides of it), `speedtest`'s default output a run of the recipe's
-  registered models on 1,000 questions with every backend. Anything else needs `--output`.
+  registered models on 1,000 questions with the default backends (those the base install runs,
+  `backends.DEFAULT_BACKENDS`). Anything else needs `--output`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qa_distill.config import BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, SpeedConfig
+from qa_distill.config import DEFAULT_BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, SpeedConfig
 from qa_distill.errors import ConfigError
 from qa_distill.recipes import load_config
 
@@ -94,8 +95,8 @@ def speed_stem(recipe: str, speed: SpeedConfig) -> Path:
     if speed.output:
         return Path(speed.output)
     ours = all(source.partition("=")[2].startswith(f"models:/qa-distill-{recipe}-") for source in speed.models)
-    full = speed.questions == SPEED_QUESTIONS and set(speed.backends) == set(BACKENDS)
+    full = speed.questions == SPEED_QUESTIONS and set(speed.backends) == set(DEFAULT_BACKENDS)
     if not (ours and full):
         raise ConfigError(f"experiments/results/ holds full-budget speed tests of registered models only "
-                          f"({SPEED_QUESTIONS} questions, every backend): pass --output for this one")
+                          f"({SPEED_QUESTIONS} questions, the default backends): pass --output for this one")
     return RESULTS_DIR / speed.run_name

@@ -14,7 +14,6 @@ import logging
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from qa_distill.config import (
 from qa_distill.data.metrics import squad_scores
 from qa_distill.data.squad import load_questions
 from qa_distill.errors import ConfigError, ModelError
-from qa_distill.inference.compiled import export_logits
 from qa_distill.inference.predictor import QAPredictor
 from qa_distill.models import load_config, load_tokenizer, resolve_source
 from qa_distill.recipes import validate_speed
@@ -102,25 +100,16 @@ def _serialised_mb(module: torch.nn.Module) -> float:
         return path.stat().st_size / 1e6
 
 
-def _graph_tensors_mb(graph: torch.fx.GraphModule) -> float:
-    """Megabytes of the tensors a graph computes with (a quantised graph also holds the float
-    weights it was made from, which no node uses)."""
-    tensors = {id(t): t for t in (attrgetter(node.target)(graph) for node in graph.graph.nodes
-                                  if node.op == "get_attr" and node.users) if isinstance(t, torch.Tensor)}
-    return sum(t.nbytes for t in tensors.values()) / 1e6
-
-
-def model_size_mb(model_dir: str, predictor: QAPredictor, quantised: bool) -> float:
-    """Megabytes (10^6 bytes) of weights: the files on disk; for int8, the tensors of the
-    quantised graph, which exist only in memory; for a hub name, whose files are elsewhere, the
-    saved state_dict."""
-    model = predictor.model
-    if quantised:
-        return _graph_tensors_mb(export_logits(model, predictor.input_names, model.config.vocab_size, "int8").module())
+def model_size_mb(model_dir: str, answerer: Answerer) -> float:
+    """Megabytes (10^6 bytes) of weights: the files on disk; for a quantised backend, the
+    weights its runtime runs, which exist only there; for a hub name, whose files are elsewhere,
+    the saved state_dict."""
+    if isinstance(answerer, QAPredictor) and answerer.spec.quantised:
+        return answerer.quantised_mb()
     files = _weight_files(Path(model_dir))
     if files:
         return sum(f.stat().st_size for f in files) / 1e6
-    return _serialised_mb(model)
+    return _serialised_mb(answerer.model)
 
 
 def _result(
@@ -168,18 +157,14 @@ def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: S
     backends, threads, batch_size = list(speed.backends), speed.threads, speed.batch_size
     torch.set_num_threads(threads)
     answerers: dict[tuple[str, str], Answerer] = {}
-    sizes: dict[tuple[str, str], float] = {}
     for name, path in paths.items():
-        for backend in ([BASELINE] if speed.hf_baseline else []) + backends:
-            answerer: Answerer = (
-                HFPipelineBaseline(path) if backend == BASELINE
-                else QAPredictor(path, backend, batch_size=batch_size)
-            )
-            answerers[name, backend] = answerer
-            sizes[name, backend] = model_size_mb(path, answerer, quantised=backend == "int8")
+        if speed.hf_baseline:
+            answerers[name, BASELINE] = HFPipelineBaseline(path)
+        for backend in backends:
+            answerers[name, backend] = QAPredictor(path, backend, batch_size=batch_size)
     timings = measure(answerers, questions, speed.warmup, batch_size)
     results = [
-        _result(name, backend, timings[name, backend], answerer, size_mb=sizes[name, backend],
+        _result(name, backend, timings[name, backend], answerer, size_mb=model_size_mb(paths[name], answerer),
                 questions=questions, batch_size=batch_size, threads=threads)
         for (name, backend), answerer in answerers.items()
     ]

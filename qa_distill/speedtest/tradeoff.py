@@ -2,7 +2,9 @@
 and backend, as a PNG (matplotlib) and a self-contained HTML (plotly, its JavaScript inline, so
 the page works offline).
 
-The dashed line joins the Pareto front: the points no other point beats on both F1 and p50.
+The dashed line joins the Pareto front: the points no other point beats on both F1 and p50. A
+point's shape is its backend's precision (a square: padded to max_length; an X: the transformers
+pipeline), hollow for a runtime other than the compiled one (`qa_distill.backends`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from qa_distill.backends import SPECS
 from qa_distill.errors import DataError
 
 TITLE = "F1 against p50 latency (one question at a time, CPU)"
-_MARKERS = {"hf-pipeline": "X", "fp32": "o", "fp32-maxpad": "s", "bf16": "^", "int8": "D"}
+_MARKERS = {"fp32": "o", "bf16": "^", "int8": "D"}  # by precision
 _PLOTLY_MARKERS = {"X": "x", "o": "circle", "s": "square", "^": "triangle-up", "D": "diamond"}
+
+
+def marker(backend: str) -> tuple[str, bool]:
+    """(matplotlib marker, filled) of a backend's points; the baseline, in no table, an X."""
+    spec = SPECS.get(backend)
+    if spec is None:
+        return "X", True
+    shape = "s" if spec.padding == "max_length" else _MARKERS[spec.precision]
+    return shape, spec.runtime == "aotinductor"
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
@@ -45,8 +57,10 @@ def _png(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) ->
     figure, axes = plt.subplots(figsize=(8, 5.5))
     colours = dict(zip(table["model"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for row in table.to_dict("records"):
-        axes.scatter(row["p50_ms"], row["f1"], color=colours.get(row["model"], "grey"),
-                     marker=_MARKERS.get(row["backend"], "o"), s=60)
+        shape, filled = marker(row["backend"])
+        colour = colours.get(row["model"], "grey")
+        axes.scatter(row["p50_ms"], row["f1"], marker=shape, s=60, edgecolors=colour,
+                     facecolors=colour if filled else "none")
         axes.annotate(f"{row['model']} {row['backend']}", (row["p50_ms"], row["f1"]), fontsize=7,
                       xytext=(4, 3), textcoords="offset points")
     axes.plot(front["p50_ms"], front["f1"], "k--", linewidth=0.8, label="Pareto front")
@@ -62,6 +76,11 @@ def _png(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) ->
     plt.close(figure)
 
 
+def _plotly_symbol(backend: str) -> str:
+    shape, filled = marker(backend)
+    return _PLOTLY_MARKERS[shape] + ("" if filled else "-open")
+
+
 def _html(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -> None:
     import plotly.graph_objects as go
 
@@ -70,7 +89,7 @@ def _html(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -
         figure.add_trace(go.Scatter(
             x=rows["p50_ms"], y=rows["f1"], mode="markers+text", name=model,
             text=rows["backend"], textposition="top center",
-            marker={"size": 11, "symbol": [_PLOTLY_MARKERS[_MARKERS.get(b, "o")] for b in rows["backend"]]},
+            marker={"size": 11, "symbol": [_plotly_symbol(b) for b in rows["backend"]]},
             hovertemplate=f"{model} %{{text}}<br>p50 %{{x:.2f}} ms<br>F1 %{{y:.2f}}<extra></extra>",
         ))
     figure.add_trace(go.Scatter(x=front["p50_ms"], y=front["f1"], mode="lines", name="Pareto front",
