@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qa_distill.config import DEFAULT_DEV_JSON, DataConfig
+from qa_distill.config import DEFAULT_DEV_JSON, DataConfig, registered_uri
 from qa_distill.inference.evaluate import evaluate_model
 from qa_distill.reporting.report import ROLE_NAMES
 from qa_distill.reporting.tables import write_tables
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for role in ROLES:
-        source = f"models:/qa-distill-{args.recipe}-{role}/latest"
+        source = registered_uri(args.recipe, role)
         for backend in BACKENDS:
             scores = evaluate_model(source, DataConfig(data=args.data), backend)
             rows.append({"model": ROLE_NAMES[role], "backend": backend, "exact_match": scores["exact_match"],

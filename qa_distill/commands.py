@@ -12,7 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qa_distill.config import DEFAULT_DEV_JSON, DataConfig, TrackingConfig, WorkflowConfig, check_name
+from qa_distill.config import (
+    DEFAULT_DEV_JSON,
+    DataConfig,
+    TrackingConfig,
+    WorkflowConfig,
+    check_name,
+    registered_uri,
+)
 from qa_distill.errors import ConfigError
 from qa_distill.recipes import load_config, load_speedtest, load_tracking, recipe_path
 
@@ -67,7 +74,7 @@ def _recipe_models(recipe: str) -> list[str]:
     """A recipe's registered models, named as in its results tables."""
     from qa_distill.reporting.report import ROLE_NAMES
 
-    return [f"{name}=models:/qa-distill-{recipe}-{role}/latest" for role, name in ROLE_NAMES.items()]
+    return [f"{name}={registered_uri(recipe, role)}" for role, name in ROLE_NAMES.items()]
 
 
 def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:

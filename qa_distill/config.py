@@ -91,8 +91,6 @@ class TrainingConfig:
     eval_each_epoch: bool = setting(True, "score the dev set after every epoch, not only at the end")
     logging_steps: int = setting(50, "log the loss every this many steps")
     progress_seconds: float = setting(30.0, "a progress line (step/total, rate, ETA) at most this often")
-    n_best: int = setting(20, "start/end candidates per window in post-processing")
-    max_answer_length: int = setting(30, "longest answer in tokens")
     threads: int | None = setting(None, "CPU threads for torch (null: torch's default)")
     dataloader_workers: int = setting(0, "processes collating batches beside training (a GPU waits less)")
     torch_compile: bool = setting(False, "compile the model's forward/backward (torch.compile)")
@@ -102,8 +100,19 @@ class TrainingConfig:
 
 
 @dataclass
+class AnswerConfig:
+    """How post-processing turns a window's start/end logits into an answer: the dev score's
+    settings, saved with the model so that every later use answers the same way."""
+
+    n_best: int = setting(20, "start/end candidates per window in post-processing")
+    max_answer_length: int = setting(30, "longest answer in tokens")
+
+
+@dataclass
 class DistillConfig:
-    """Task-specific distillation: where the teacher comes from and how much it counts."""
+    """Task-specific distillation: where the teacher comes from and how much it counts.
+
+    An empty `teacher` is the recipe's registered teacher (`default_teacher`)."""
 
     teacher: str = setting("", "local dir, hub name, runs:/<id>/model or models:/<name>/<version>")
     temperature: float = setting(2.0, "softmax temperature T (> 0)")
@@ -159,6 +168,21 @@ class SpeedConfig:
     output: str = setting("", "table path stem (default experiments/results/<run name>)")
 
 
+def registered_name(recipe: str, role: str) -> str:
+    """The model registry's name of a recipe's model of `role` (a training role, or `search-best`)."""
+    return f"qa-distill-{recipe}-{role}"
+
+
+def registered_uri(recipe: str, role: str, *, version: int | str = "latest") -> str:
+    """`models:/<registered_name>/<version>`: a recipe's registered model as a model source."""
+    return f"models:/{registered_name(recipe, role)}/{version}"
+
+
+def default_teacher(recipe: str) -> str:
+    """The teacher `distill` uses when the recipe names none: the teacher step's latest model."""
+    return registered_uri(recipe, "teacher")
+
+
 @dataclass
 class RunConfig:
     """Everything one entry point needs."""
@@ -169,6 +193,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    answers: AnswerConfig = field(default_factory=AnswerConfig)
     distillation: DistillConfig = field(default_factory=DistillConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -176,7 +201,7 @@ class RunConfig:
 
     @property
     def registered_name(self) -> str:
-        return f"qa-distill-{self.recipe}-{self.role}"
+        return registered_name(self.recipe, self.role)
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value` of what trains a model, for logging as MLflow params."""
@@ -188,7 +213,7 @@ class RunConfig:
         return out
 
 
-TRAINING_SECTIONS = ("data", "model", "training", "distillation", "tracking")
+TRAINING_SECTIONS = ("data", "model", "training", "answers", "distillation", "tracking")
 SECTIONS = (*TRAINING_SECTIONS, "search", "speed")
 
 

@@ -2,9 +2,11 @@
 
 A run's configuration is built in layers, each winning over the one before: dataclass defaults,
 the recipe's shared sections (`experiments/<recipe>.yaml`: `data`, `model`, `training`,
-`distillation`, `tracking`, `search`, `speed`), the recipe's section for the role (`teacher`,
-`student`, `distill`), `section.key=value` overrides, then explicit arguments (a command's own
-flags, also keyed `section.key`; an empty one leaves the layers below in place).
+`answers`, `distillation`, `tracking`, `search`, `speed`), the recipe's section for the role
+(`teacher`, `student`, `distill`), `section.key=value` overrides, then explicit arguments (a
+command's own flags, also keyed `section.key`; an empty one leaves the layers below in place).
+A distill run whose layers name no teacher gets the recipe's registered one
+(`config.default_teacher`): a recipe copied under a new name then never reads another's teacher.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from qa_distill.config import (
     SpeedConfig,
     TrackingConfig,
     check_distillation,
+    default_teacher,
     type_name,
 )
 from qa_distill.errors import ConfigError
 
 Overrides = list[str] | str | None
+# settings that moved to another section: their old key gets an error naming the new one
+MOVED = {"training.n_best": "answers.n_best", "training.max_answer_length": "answers.max_answer_length"}
 
 
 def recipe_path(recipe: str) -> Path:
@@ -88,6 +93,8 @@ def _apply(config: RunConfig, section: str, values: Mapping[str, Any], source: s
     target = getattr(config, section)
     hints = get_type_hints(type(target))
     for key, value in values.items():
+        if f"{section}.{key}" in MOVED:
+            raise ConfigError(f"{source}: {section}.{key} is now {MOVED[f'{section}.{key}']}")
         if key not in hints:
             raise ConfigError(f"{source}: unknown setting {section}.{key} (known: {sorted(hints)})")
         setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
@@ -163,6 +170,8 @@ def _layered(recipe: str, role: str, overrides: Overrides, explicit: Mapping[str
             setattr(config.data, attr, _resolve_relative(value, PROJECT_ROOT))
     _apply_sections(config, parse_overrides(overrides), "override")
     _apply_sections(config, _nest(explicit), "argument")
+    if role == "distill" and not config.distillation.teacher:
+        config.distillation.teacher = default_teacher(config.recipe)
     return config
 
 
@@ -224,10 +233,12 @@ def validate(config: RunConfig) -> None:
     for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be positive (or null for epoch ends only), got {value}")
+    for name, value in (("answers.n_best", config.answers.n_best),
+                        ("answers.max_answer_length", config.answers.max_answer_length)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
     check_distillation(k.temperature, k.alpha)
     validate_search(config.search)
-    if config.role == "distill" and not k.teacher:
-        raise ConfigError("distill needs a teacher: --teacher PATH|HUB_NAME|runs:/...|models:/...")
 
 
 def validate_search(search: SearchConfig) -> None:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qa_distill.config import DataConfig, RunConfig, TrainingConfig
+from qa_distill.config import AnswerConfig, DataConfig, RunConfig
 
 SETTINGS_FILE = "qa_distill.json"
 
@@ -25,13 +25,13 @@ class SavedSettings:
 
     max_length: int = DataConfig.max_length
     doc_stride: int = DataConfig.doc_stride
-    n_best: int = TrainingConfig.n_best
-    max_answer_length: int = TrainingConfig.max_answer_length
+    n_best: int = AnswerConfig.n_best
+    max_answer_length: int = AnswerConfig.max_answer_length
 
     @classmethod
     def of(cls, config: RunConfig) -> SavedSettings:
-        d, t = config.data, config.training
-        return cls(d.max_length, d.doc_stride, t.n_best, t.max_answer_length)
+        d, a = config.data, config.answers
+        return cls(d.max_length, d.doc_stride, a.n_best, a.max_answer_length)
 
 
 def save_settings(model_dir: str | Path, settings: SavedSettings) -> None:

@@ -1,8 +1,8 @@
 """`main`: a recipe's whole chain as child runs of one MLflow parent run, reusing what is done.
 
 The steps are the entry points teacher, student, distill, speedtest and report, in that order.
-`distill` gets the teacher step's model as an exact URI (`models:/qa-distill-<recipe>-teacher/3`,
-or `runs:/<id>/model` where nothing is registered), never `latest`; `speedtest` gets the exact
+`distill` gets the teacher step's model as an exact URI (`models:/<registered name>/3`, or
+`runs:/<id>/model` where nothing is registered), never the recipe's default `latest`; `speedtest` gets the exact
 versions of the three trained models.
 
 A step's key is a hash of its entry point, its parameters, the runs it reads (the report's
@@ -46,7 +46,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig
+from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, registered_uri
 from qa_distill.data.squad import data_fingerprint
 from qa_distill.recipes import load_config, load_tracking, recipe_path
 from qa_distill.reporting.report import ROLE_NAMES
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks runs up by
 STEP = "qa_distill.step"  # tag: the step's entry point
-_TEACHER_LATER = "models:/(the teacher step's model)"  # lets the distill config validate up front
 
 
 @dataclass(frozen=True)
@@ -139,11 +138,11 @@ def _child_run(step: Step, key: str, inputs: KeyInputs, parent: Run, run_name: s
     return run.info.run_id
 
 
-def exact_model_uri(run_id: str, registered_name: str) -> str:
-    """The model version a run registered under `registered_name`, else the run's own model."""
-    versions = MlflowClient().search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+def exact_model_uri(run_id: str, config: RunConfig) -> str:
+    """The model version a run of `config` registered, else the run's own model."""
+    versions = MlflowClient().search_model_versions(f"name = '{config.registered_name}' and run_id = '{run_id}'")
     if versions:
-        return f"models:/{registered_name}/{max(int(v.version) for v in versions)}"
+        return registered_uri(config.recipe, config.role, version=max(int(v.version) for v in versions))
     return f"runs:/{run_id}/model"
 
 
@@ -158,7 +157,7 @@ def _configs(wf: WorkflowConfig, recipe: str, output_root: Path) -> dict[str, Ru
     return {
         role: load_config(
             recipe, role, wf.overrides, output_dir=str(output_root / role),
-            explicit={"data.data": wf.data, "distillation.teacher": _TEACHER_LATER if role == "distill" else None},
+            explicit={"data.data": wf.data},
         )
         for role in ROLES
     }
@@ -186,7 +185,7 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
             results[step.entry_point] = result
 
         def model_uri(role: str) -> str:
-            return exact_model_uri(results[role].run_id, configs[role].registered_name)
+            return exact_model_uri(results[role].run_id, configs[role])
 
         def training(role: str, **extra: str) -> Step:
             return Step(role, {"recipe": recipe, "data": wf.data, "output_dir": configs[role].output_dir,

@@ -110,7 +110,9 @@ def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
      ("training.batch_size=2.5", "training.batch_size: 2.5 is not a whole number"),
      ("data.train_questions=10.5", "data.train_questions: 10.5 is not a whole number"),
      ("training.save_minutes=0", "training.save_minutes must be positive"),
-     ("training.learning_rate=.inf", "training.learning_rate must be a finite number")],
+     ("training.learning_rate=.inf", "training.learning_rate must be a finite number"),
+     ("answers.n_best=0", "answers.n_best must be >= 1"),
+     ("answers.max_answer_length=0", "answers.max_answer_length must be >= 1")],
 )
 def test_values_that_would_train_wrong_are_refused_naming_their_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -42,7 +42,7 @@ def _run(run_id):
 
 @pytest.mark.slow
 def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path, tracking_uri, dev_sample, tiny_bert):
-    answer_settings = ["training.n_best=10", "training.max_answer_length=5"]  # not the defaults
+    answer_settings = ["answers.n_best=10", "answers.max_answer_length=5"]  # not the defaults
     result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, *answer_settings))
     run = _run(result["run_id"])
     assert run.info.status == "FINISHED"

@@ -12,6 +12,7 @@ from qa_distill.config import DataConfig
 from qa_distill.data.features import build_features
 from qa_distill.data.squad import load_split
 from qa_distill.models import load_qa_model, model_fingerprint
+from qa_distill.runtime.processes import atomic_path
 from qa_distill.training.teacher_cache import StaleCacheError, cache_key, load_or_compute, teacher_forward
 
 WINDOWS = {"max_length": 96, "precision": "fp32"}  # the tiny windows and precision of every cache here
@@ -97,6 +98,20 @@ def test_a_killed_computation_leaves_no_temporary_directory_behind(setup, tmp_pa
     live.mkdir()
     load_or_compute(tmp_path, teacher.model, model_fingerprint(teacher.model), teacher.tokenizer, feats, **WINDOWS)
     assert not stale.exists() and live.exists()
+
+
+def test_a_failed_build_leaves_nothing_and_a_finished_one_is_not_overwritten(tmp_path):
+    final = tmp_path / "teacher_logits" / "abc"
+    with pytest.raises(RuntimeError, match="teacher failed"), atomic_path(final) as tmp:
+        tmp.mkdir()
+        (tmp / "start.npy").write_bytes(b"half")
+        raise RuntimeError("teacher failed")
+    assert list(final.parent.iterdir()) == []
+    for text in ("first", "second"):  # two processes computing one cache: the first to finish stays
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            (tmp / "start.npy").write_text(text)
+    assert (final / "start.npy").read_text() == "first" and list(final.parent.iterdir()) == [final]
 
 
 def test_a_cache_an_earlier_version_wrote_without_checksums_is_computed_again(setup, tmp_path):

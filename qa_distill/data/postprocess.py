@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qa_distill.config import AnswerConfig
+
 
 def pad_offsets(offsets: Sequence[Sequence[Sequence[int]]], width: int) -> np.ndarray:
     """Ragged per-window offsets -> (windows, width, 2) int array, -1 outside the context."""
@@ -26,8 +28,8 @@ def best_spans(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
     offsets: np.ndarray,
-    n_best: int = 20,
-    max_answer_length: int = 30,
+    n_best: int = AnswerConfig.n_best,
+    max_answer_length: int = AnswerConfig.max_answer_length,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best (start, end) token pair and its score for each window; score -inf if none is valid."""
     width = min(start_logits.shape[1], offsets.shape[1])
@@ -56,10 +58,12 @@ def postprocess(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
     *,
-    n_best: int = 20,
-    max_answer_length: int = 30,
+    n_best: int = AnswerConfig.n_best,
+    max_answer_length: int = AnswerConfig.max_answer_length,
 ) -> dict[str, str]:
-    """Answer text per question id; "" for a question whose windows hold no valid span."""
+    """Answer text per question id; "" for a question whose windows hold no valid span.
+
+    `n_best` and `max_answer_length` are the fields of `AnswerConfig`."""
     if not isinstance(offsets, np.ndarray):
         offsets = pad_offsets(offsets, start_logits.shape[1])
     s, e, score = best_spans(start_logits, end_logits, offsets, n_best, max_answer_length)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -39,7 +38,7 @@ from torch import nn
 from qa_distill.inference.quantize import quantize_int8
 from qa_distill.models import model_fingerprint
 from qa_distill.runtime.hardware import cpu_flags, cpu_name
-from qa_distill.runtime.processes import remove_stale_temp_dirs
+from qa_distill.runtime.processes import atomic_path
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]
@@ -182,20 +181,12 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
     began = time.perf_counter()
     print(f"compiling {type(model).__name__} ({precision}) for this CPU, once: {path}", file=sys.stderr, flush=True)
     program = export_logits(model, names, vocab_size, precision)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(path.parent)
-    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-    tmp.mkdir(exist_ok=True)
-    try:
-        built = tmp / path.name
+    with atomic_path(path) as built:
         with quiet_export():
             torch._inductor.aoti_compile_and_package(program, package_path=str(built),
                                                      inductor_configs={"freezing": True})
         compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
         check_agrees(compiled, ModuleLogits(program.module(), names), names, vocab_size, TOLERANCE[precision])
-        os.replace(built, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"compiled in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     return compiled
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -43,7 +41,7 @@ from qa_distill.inference.compiled import (
 from qa_distill.models import model_fingerprint
 from qa_distill.runtime.hardware import int8_products_exact
 from qa_distill.runtime.import_notes import WithoutNote
-from qa_distill.runtime.processes import remove_stale_temp_dirs
+from qa_distill.runtime.processes import atomic_path
 
 FORMAT = 1  # bump when what a cached graph holds changes
 OPSET = 23  # the first opset with a standard `Attention` operator
@@ -145,12 +143,7 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
     then cache it (written whole or not at all; what a killed build left is removed)."""
     began = time.perf_counter()
     print(f"exporting {type(model).__name__} ({precision}) to ONNX, once: {path}", file=sys.stderr, flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(path.parent)
-    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-    tmp.mkdir(exist_ok=True)
-    try:
-        built = tmp / path.name
+    with atomic_path(path) as built:
         if precision == "int8":
             quantize_onnx_int8(graph_path(model, names, vocab_size, "fp32"), built)
         else:
@@ -164,9 +157,6 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
                          vocab_size, TOLERANCE[precision])
         except ValueError as error:
             raise ModelError(f"{type(model).__name__} ({precision}) in ONNX Runtime: {error}") from error
-        os.replace(built, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"exported in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qa_distill.config import DEFAULT_BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, SpeedConfig
+from qa_distill.config import DEFAULT_BACKENDS, EXPERIMENTS_DIR, RESULTS_DIR, ROLES, SpeedConfig, registered_name
 from qa_distill.errors import ConfigError
 from qa_distill.recipes import load_config
 
@@ -94,7 +94,8 @@ def speed_stem(recipe: str, speed: SpeedConfig) -> Path:
     """`speed.output`, else experiments/results/<run_name> for a full-budget test of the recipe's models."""
     if speed.output:
         return Path(speed.output)
-    ours = all(source.partition("=")[2].startswith(f"models:/qa-distill-{recipe}-") for source in speed.models)
+    registered = tuple(f"models:/{registered_name(recipe, role)}/" for role in ROLES)
+    ours = all(source.partition("=")[2].startswith(registered) for source in speed.models)
     full = speed.questions == SPEED_QUESTIONS and set(speed.backends) == set(DEFAULT_BACKENDS)
     if not (ours and full):
         raise ConfigError(f"experiments/results/ holds full-budget speed tests of registered models only "

@@ -4,6 +4,8 @@ A process killed outright (SIGKILL, a lost machine) ends nothing: its MLflow run
 and its temporary directories stay on disk. Runs carry the tag `qa_distill.process`
 (host:pid:start time, so a reused pid is not taken for the dead process) and temporary
 directories end in `.tmp-<pid>`; a later process closes or removes what has no live process.
+What a process builds for others to read (a cache entry) is built in such a directory and renamed
+into place whole (`atomic_path`), so a reader never sees half of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -64,6 +68,32 @@ def remove_stale_temp_dirs(folder: Path) -> list[Path]:
     if stale:
         log.warning("removed %d temporary directories left by killed processes in %s", len(stale), folder)
     return stale
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A path to build `final` at (a file or a directory: the caller makes it), moved to `final`
+    whole when the block ends without error, removed otherwise.
+
+    It lies in `<final>.tmp-<pid>` beside `final`, where a killed build leaves it for the next
+    build to remove (`remove_stale_temp_dirs`). Of two processes building one directory at
+    once the first to finish wins and the other's copy is dropped; a file is replaced.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(final.parent)
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        built = tmp / final.name
+        yield built
+        try:
+            os.replace(built, final)
+        except OSError:
+            if not final.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def close_dead_runs(filter_string: str, keep: str | None = None) -> tuple[list[str], list[str]]:

@@ -24,7 +24,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from qa_distill.config import RunConfig, SearchConfig
+from qa_distill.config import RunConfig, SearchConfig, registered_name
 from qa_distill.data.features import cache_dir
 from qa_distill.errors import ConfigError
 from qa_distill.inference.evaluate import evaluate_model
@@ -187,6 +187,6 @@ def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[s
         summary |= {"wall_seconds": time.perf_counter() - began, "storage": redact(storage)}
         stem = Path(search.results_stem) if search.results_stem else Path(config.output_dir) / "report" / study_name
         log_summary(summary, write_report(study, stem))
-        registered = f"qa-distill-{config.recipe}-search-best" if search.register else None
+        registered = registered_name(config.recipe, "search-best") if search.register else None
         summary["model_uri"] = log_best_model(objective, summary, registered)
         return {**summary, "run_id": run.info.run_id}

@@ -56,7 +56,9 @@ _NOT_IDENTITY = {
 def run_identity(config: RunConfig, **fingerprints: str) -> dict[str, str]:
     """What a checkpoint was trained on: the settings that shape the model, plus content hashes
     of the data and the models (paths may move; contents may change under the same path)."""
-    sections = ("run.", "data.", "model.", "training.") + (("distillation.",) if config.role == "distill" else ())
+    # answers: not the weights, but every epoch's dev score in the resumed run's history
+    sections = ("run.", "data.", "model.", "training.", "answers.")
+    sections += ("distillation.",) if config.role == "distill" else ()
     settings = {
         k: str(v) for k, v in config.flat().items() if k.startswith(sections) and k not in _NOT_IDENTITY
     }

@@ -103,8 +103,7 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
         "processing_class": p.student.tokenizer,
         "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
         "callbacks": [tracking.MlflowMetrics(), ProgressCallback(t.progress_seconds), *callbacks],
-        "n_best": t.n_best,
-        "max_answer_length": t.max_answer_length,
+        "answers": p.config.answers,
     }
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 from qa_distill.data.squad import file_sha256
 from qa_distill.errors import QaDistillError
 from qa_distill.models import input_names
-from qa_distill.runtime.processes import remove_stale_temp_dirs
+from qa_distill.runtime.processes import atomic_path
 from qa_distill.runtime.progress import Progress
 
 ARRAYS = ("start.npy", "end.npy")
@@ -139,23 +137,13 @@ def load_or_compute(
         "max_length": max_length,
         "precision": precision,
     }
-    computed = False
-    if path.parent.is_dir():
-        remove_stale_temp_dirs(path.parent)
-    if not path.exists():
-        # a directory of this process's own, renamed into place whole: a reader never sees a
-        # half-written cache, and of two processes computing at once the first rename wins
-        tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device))
-        checksums = _checksums(tmp, check_finite=True)
-        (tmp / "meta.json").write_text(json.dumps(meta | {"sha256": checksums}, indent=1))
-        try:
-            tmp.rename(path)
-        except OSError:  # another process got there first: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-        computed = True
+    computed = not path.exists()
+    if computed:  # a reader never sees a half-written cache; of two processes, the first one's stays
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device))
+            checksums = _checksums(tmp, check_finite=True)
+            (tmp / "meta.json").write_text(json.dumps(meta | {"sha256": checksums}, indent=1))
     return _open(path, meta), computed
 
 

@@ -8,6 +8,7 @@ the teacher on the fly) and join the gold labels through `losses.distillation_lo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from qa_distill.config import TrainingConfig
+from qa_distill.config import AnswerConfig, TrainingConfig
 from qa_distill.data.metrics import squad_scores
 from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.models import accepts
@@ -75,14 +76,12 @@ class QATrainer(Trainer):
         self,
         *args: Any,
         eval_examples: Dataset | None = None,
-        n_best: int = 20,
-        max_answer_length: int = 30,
+        answers: AnswerConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.eval_examples = eval_examples
-        self.n_best = n_best
-        self.max_answer_length = max_answer_length
+        self.answers = answers or AnswerConfig()
         self.predictions: dict[str, str] = {}
         self.eval_history: list[dict[str, float]] = []
 
@@ -100,10 +99,7 @@ class QATrainer(Trainer):
         start, end = (np.asarray(x, dtype=np.float32) for x in output.predictions[:2])
         contexts = dict(zip(self.eval_examples["id"], self.eval_examples["context"], strict=True))
         offsets = pad_offsets(features["offset_mapping"], start.shape[1])
-        return postprocess(
-            contexts, features["example_id"], offsets, start, end, n_best=self.n_best,
-            max_answer_length=self.max_answer_length,
-        )
+        return postprocess(contexts, features["example_id"], offsets, start, end, **dataclasses.asdict(self.answers))
 
     def evaluate(
         self,
