@@ -147,11 +147,12 @@ def run_setting(
     warmup: int, steps: int, out: Path,
 ) -> dict:
     """Train one fresh teacher under one setting; returns its row (without MFU)."""
-    loaded = load_qa_model(source, 1, config.model.attention_dropout, config.model.hidden_dropout)
+    loaded = load_qa_model(source, layer_stride=1, attention_dropout=config.model.attention_dropout,
+                           hidden_dropout=config.model.hidden_dropout)
     model: PreTrainedModel = loaded.model
     model.set_attn_implementation(setting.attention)
     args = dataclasses.replace(
-        training_arguments(config.training, str(out / name), precision),
+        training_arguments(config.training, str(out / name), precision=precision),
         per_device_train_batch_size=setting.batch_size,
         train_sampling_strategy="group_by_length" if setting.length_grouped else "random",
         dataloader_num_workers=setting.workers,
@@ -221,13 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     overrides = [f"data.train_questions={args.questions}", *args.overrides]
-    config = load_config(args.recipe, "teacher", overrides, explicit={"data.data": args.data})
+    config = load_config(args.recipe, "teacher", overrides=overrides, explicit={"data.data": args.data})
     source = args.model or config.model.name
     precision = resolve_precision(config.training.precision)
     split = load_split(config.data, "train")
     tokenizer = load_tokenizer(source)
     d = config.data
-    features = build_features(split, tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
+    features = build_features(split, tokenizer, max_length=d.max_length, doc_stride=d.doc_stride, kind="train",
+                              cache=d.cache_dir)
     peak = peak_flops(device, args.peak_size)
     with tempfile.TemporaryDirectory() as out:  # the Trainer's output_dir; nothing is saved
         rows = [run_setting(n, SETTINGS[n], source, features, config, precision, device, args.warmup, args.steps,

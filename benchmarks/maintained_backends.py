@@ -56,7 +56,8 @@ def question_batches(predictor: QAPredictor, questions: list[dict]) -> list[Inpu
         inputs
         for q in questions
         for _, _, inputs in predictor.batches(encode_windows(
-            predictor.tokenizer, [q["question"]], [q["context"]], predictor.max_length, predictor.doc_stride))
+            predictor.tokenizer, [q["question"]], [q["context"]], max_length=predictor.max_length,
+            stride=predictor.doc_stride))
     ]
 
 
@@ -147,10 +148,10 @@ def candidates(source: str, threads: int) -> tuple[dict[str, Forward], dict[str,
         build[name] = time.perf_counter() - began
 
     for backend in ("int8", "fp32", "bf16"):
-        timed(f"compiled {backend}", lambda b=backend: QAPredictor(source, b).forward)
-    fp32 = QAPredictor(source, "fp32")
+        timed(f"compiled {backend}", lambda b=backend: QAPredictor(source, backend=b).forward)
+    fp32 = QAPredictor(source, backend="fp32")
     names = fp32.input_names
-    fresh = lambda: QAPredictor(source, "fp32").model  # noqa: E731 - a model no other variant changed
+    fresh = lambda: QAPredictor(source, backend="fp32").model  # noqa: E731 - a model no other variant changed
     timed("traced int8", lambda: traced_logits(fresh(), names, int8=True))
     timed("traced fp32", lambda: traced_logits(fresh(), names, int8=False))
     timed("traced bf16", lambda: traced_logits(fresh().to(torch.bfloat16), names, int8=False))

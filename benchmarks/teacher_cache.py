@@ -31,7 +31,7 @@ def main() -> None:
                  "training.eval_each_epoch=false", "training.resume=false"]
     rows, teacher = [], None
     for cached in (True, False):
-        config = load_config(args.recipe, "distill", [*overrides, f"distillation.teacher_cache={cached}"],
+        config = load_config(args.recipe, "distill", overrides=[*overrides, f"distillation.teacher_cache={cached}"],
                              explicit={"distillation.teacher": args.teacher},
                              output_dir=str(RESULTS_DIR.parent.parent / "outputs" / "bench-cache"))
         prepared = prepare(config)  # a fresh student each time, same seed

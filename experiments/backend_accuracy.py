@@ -36,7 +36,7 @@ def main() -> None:
     for role in ROLES:
         source = registered_uri(args.recipe, role)
         for backend in BACKENDS:
-            scores = evaluate_model(source, DataConfig(data=args.data), backend)
+            scores = evaluate_model(source, DataConfig(data=args.data), backend=backend)
             rows.append({"model": ROLE_NAMES[role], "backend": backend, "exact_match": scores["exact_match"],
                          "f1": scores["f1"], "dev_questions": scores["dev_questions"]})
             print(rows[-1], flush=True)
@@ -44,7 +44,7 @@ def main() -> None:
     fp32 = table[table["backend"] == "fp32"].set_index("model")["f1"]
     table["f1_vs_fp32"] = table["f1"] - table["model"].map(fp32)
     write_tables(table, ROOT / "experiments" / "results" / f"{args.recipe}-backend-accuracy",
-                 {"dev_questions": ".0f"})
+                 formats={"dev_questions": ".0f"})
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ RECIPE_HELP = "recipe name from experiments/ (cpu, paper) or a YAML file"
 
 
 def add_settings(parser: argparse.ArgumentParser, cls: type, section: str | None,
-                 names: Sequence[str] | None = None) -> None:
+                 *, names: Sequence[str] | None = None) -> None:
     """A flag per setting of `cls` (or of `names` only), help and default from its field.
 
     With a `section`, a flag's value is an explicit `section.key` (None: not given, the recipe's
@@ -75,13 +75,13 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def _experiment(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, TrackingConfig, "tracking", ["experiment"])
+    add_settings(parser, TrackingConfig, "tracking", names=["experiment"])
 
 
 def _training(parser: argparse.ArgumentParser) -> None:
     """What every training command takes: recipe, data, output directory, overrides, experiment."""
     _recipe(parser)
-    add_settings(parser, DataConfig, "data", ["data"])
+    add_settings(parser, DataConfig, "data", names=["data"])
     parser.add_argument("--output-dir", default=None, help="where the model is saved (default outputs/<recipe>/<role>)")
     _overrides(parser)
     _experiment(parser)
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "the recipe's chain (teacher, student, distill, speedtest, report) as child runs of one run"
     p = sub.add_parser("main", help=text, description=text + "; finished steps are reused, unfinished ones continued")
-    add_settings(p, WorkflowConfig, None, [f.name for f in dataclasses.fields(WorkflowConfig) if f.name != "overrides"])
+    add_settings(p, WorkflowConfig, None,
+                 names=[f.name for f in dataclasses.fields(WorkflowConfig) if f.name != "overrides"])
     _overrides(p)
     p.set_defaults(func=commands.main)
 
@@ -111,12 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="fine-tune the student with the teacher's soft targets")
     _training(p)
-    add_settings(p, DistillConfig, "distillation", ["teacher", "temperature", "alpha"])
+    add_settings(p, DistillConfig, "distillation", names=["teacher", "temperature", "alpha"])
     p.set_defaults(func=commands.distill)
 
     p = sub.add_parser("search", help="Optuna study over temperature and alpha of the distill run")
     _training(p)
-    add_settings(p, DistillConfig, "distillation", ["teacher"])
+    add_settings(p, DistillConfig, "distillation", names=["teacher"])
     add_settings(p, SearchConfig, "search")
     p.set_defaults(func=commands.search)
 
@@ -176,7 +177,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(*, argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -35,7 +35,8 @@ def explicit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, role: str):
-    return load_config(args.recipe, role, overrides(args), explicit=explicit(args), output_dir=args.output_dir)
+    return load_config(args.recipe, role, overrides=overrides(args), explicit=explicit(args),
+                       output_dir=args.output_dir)
 
 
 def _connect_for(source: str) -> None:
@@ -81,7 +82,7 @@ def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
     from qa_distill.reporting.budgets import speed_stem
     from qa_distill.training import preflight
 
-    config = load_speedtest(args.recipe, overrides(args), explicit(args))
+    config = load_speedtest(args.recipe, overrides=overrides(args), explicit=explicit(args))
     speed, tracking, recipe = config.speed, config.tracking, config.recipe
     speed.run_name = check_name(speed.run_name or f"{recipe}-speed", "--run-name")
     preflight.connect(tracking)
@@ -102,7 +103,7 @@ def predict(args: argparse.Namespace) -> dict[str, str]:
     from qa_distill.inference.predictor import predict
     from qa_distill.tracking.runs import log_result
 
-    result = {"answer": predict(args.model, args.question, args.context, args.backend)}
+    result = {"answer": predict(args.model, question=args.question, context=args.context, backend=args.backend)}
     log_result("predict", {"model": args.model, "backend": args.backend, **result})
     return result
 
@@ -113,7 +114,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from qa_distill.inference.evaluate import evaluate_model
     from qa_distill.tracking.runs import log_result
 
-    result = evaluate_model(args.model, data, args.backend)
+    result = evaluate_model(args.model, data, backend=args.backend)
     predictions = result.pop("predictions")
     if args.predictions:
         Path(args.predictions).write_text(json.dumps(predictions))
@@ -124,11 +125,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def report(args: argparse.Namespace) -> list[dict[str, Any]]:
     from qa_distill.training import preflight
 
-    tracking = load_tracking(args.recipe, explicit(args).get("tracking.experiment"))
+    tracking = load_tracking(args.recipe, experiment=explicit(args).get("tracking.experiment"))
     preflight.connect(tracking)
     from qa_distill.reporting.report import run_report
 
-    return run_report(recipe_path(args.recipe).stem, tracking, args.output or None).to_dict("records")
+    return run_report(recipe_path(args.recipe).stem, tracking, output=args.output or None).to_dict("records")
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:

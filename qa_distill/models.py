@@ -156,7 +156,7 @@ def load_config(path: str) -> PretrainedConfig:
 
 def load_qa_model(
     source: str,
-    layer_stride: int = 1,
+    *, layer_stride: int = 1,
     attention_dropout: float | None = None,
     hidden_dropout: float | None = None,
 ) -> LoadedModel:
@@ -214,7 +214,7 @@ def _normalised(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def check_compatible(
-    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, teacher_embeddings: int | None = None
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, *, teacher_embeddings: int | None = None
 ) -> None:
     """Teacher and student must turn the same text into the same ids (same windows, same labels),
     and the teacher's embedding table must have a row for every id the student's tokenizer makes."""

@@ -178,8 +178,8 @@ def _layered(recipe: str, role: str, overrides: Overrides, explicit: Mapping[str
 def load_config(
     recipe: str,
     role: str,
-    overrides: Overrides = None,
     *,
+    overrides: Overrides = None,
     explicit: Mapping[str, Any] | None = None,
     output_dir: str | None = None,
 ) -> RunConfig:
@@ -193,13 +193,13 @@ def load_config(
     return config
 
 
-def load_tracking(recipe: str, experiment: str | None = None) -> TrackingConfig:
+def load_tracking(recipe: str, *, experiment: str | None = None) -> TrackingConfig:
     """The tracking settings of commands outside the training roles (report, speedtest, main):
     the recipe's shared `tracking` section, then `experiment` if given."""
     return _layered(recipe, "", None, {"tracking.experiment": experiment}).tracking
 
 
-def load_speedtest(recipe: str, overrides: Overrides = None, explicit: Mapping[str, Any] | None = None
+def load_speedtest(recipe: str, *, overrides: Overrides = None, explicit: Mapping[str, Any] | None = None
                    ) -> RunConfig:
     """The speed test's configuration (its `speed` and `tracking` sections): the recipe's shared
     sections, overrides, then `explicit`; `speed` checked."""

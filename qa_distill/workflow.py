@@ -156,7 +156,7 @@ def _configs(wf: WorkflowConfig, recipe: str, output_root: Path) -> dict[str, Ru
     """Each training step's configuration, loaded now so that bad input fails before any step."""
     return {
         role: load_config(
-            recipe, role, wf.overrides, output_dir=str(output_root / role),
+            recipe, role, overrides=wf.overrides, output_dir=str(output_root / role),
             explicit={"data.data": wf.data},
         )
         for role in ROLES
@@ -170,7 +170,7 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
     output_root = Path(wf.output_dir).resolve() if wf.output_dir else PROJECT_ROOT / "outputs" / name
     configs = _configs(wf, recipe, output_root)
     inputs = key_inputs(recipe, configs)
-    settings = load_tracking(recipe, wf.experiment)
+    settings = load_tracking(recipe, experiment=wf.experiment)
     tracking.setup(settings)
     results: dict[str, StepResult] = {}
     with mlflow.start_run(run_name=f"{name}-main") as active:

@@ -54,9 +54,9 @@ def test_the_default_backends_need_nothing_beyond_the_base_install():
 
 
 def test_padding_to_max_length_pads_every_batch_and_keeps_every_answer(tiny_bert, questions):
-    longest, fixed = QAPredictor(tiny_bert, "fp32"), QAPredictor(tiny_bert, "fp32-maxpad")
+    longest, fixed = QAPredictor(tiny_bert, backend="fp32"), QAPredictor(tiny_bert, backend="fp32-maxpad")
     enc = encode_windows(longest.tokenizer, [questions[0]["question"]], [questions[0]["context"]],
-                         longest.max_length, longest.doc_stride)
+                         max_length=longest.max_length, stride=longest.doc_stride)
     (_, width, _), = longest.batches(enc)
     (_, fixed_width, inputs), = fixed.batches(enc)
     assert width < fixed_width == fixed.max_length == inputs["input_ids"].shape[1]
@@ -70,7 +70,7 @@ def _never(*args, **kwargs):
 def test_an_unknown_backend_is_one_line_before_the_model_loads(monkeypatch):
     monkeypatch.setattr(predictor, "load_qa_model", _never)
     with pytest.raises(ConfigError, match=r"^unknown backend 'fp64': expected one of \['fp32', .*'onnx-int8'\]$"):
-        QAPredictor("/no/such/model", "fp64")
+        QAPredictor("/no/such/model", backend="fp64")
     assert backends.usable("int8") is SPECS["int8"]
 
 
@@ -79,7 +79,7 @@ def test_a_missing_onnxruntime_is_one_line_with_the_install_command(tiny_bert, m
     monkeypatch.setattr(predictor, "load_qa_model", _never)
     line = r"^backend 'onnx-fp32' needs onnxruntime, not installed: pip install 'qa-distill\[onnx\]'$"
     with pytest.raises(ConfigError, match=line):
-        QAPredictor(tiny_bert, "onnx-fp32")
+        QAPredictor(tiny_bert, backend="onnx-fp32")
     with pytest.raises(ConfigError, match=line):  # the speed test, before any model loads
         validate_speed(SpeedConfig(backends=("fp32", "onnx-fp32")))
     validate_speed(SpeedConfig())  # the default backends do not need it
@@ -87,11 +87,11 @@ def test_a_missing_onnxruntime_is_one_line_with_the_install_command(tiny_bert, m
 
 @torch.inference_mode()
 def test_onnx_fp32_gives_the_models_logits_on_real_windows_and_is_exported_once(tiny_bert, questions, monkeypatch):
-    onnx = QAPredictor(tiny_bert, "onnx-fp32")
+    onnx = QAPredictor(tiny_bert, backend="onnx-fp32")
     assert isinstance(onnx.forward, OnnxLogits) and onnx.forward.path.is_file()
     reference = ModuleLogits(StartEnd(onnx.model, onnx.input_names).eval(), onnx.input_names)
     enc = encode_windows(onnx.tokenizer, [q["question"] for q in questions], [q["context"] for q in questions],
-                         onnx.max_length, onnx.doc_stride)
+                         max_length=onnx.max_length, stride=onnx.doc_stride)
     for _, _, inputs in onnx.batches(enc):
         for ours, theirs in zip(onnx.forward(inputs), reference(inputs), strict=True):
             assert ours.shape == theirs.shape
@@ -101,13 +101,13 @@ def test_onnx_fp32_gives_the_models_logits_on_real_windows_and_is_exported_once(
         raise AssertionError("exported again")
 
     monkeypatch.setattr(torch.onnx, "export", no_export)
-    again = QAPredictor(tiny_bert, "onnx-fp32")
+    again = QAPredictor(tiny_bert, backend="onnx-fp32")
     assert again.forward.path == onnx.forward.path
 
 
 def test_onnx_int8_answers_from_a_smaller_graph_made_from_the_cached_float_one(tiny_bert, questions):
-    fp32 = QAPredictor(tiny_bert, "onnx-fp32")  # exported by the test above or here
-    int8 = QAPredictor(tiny_bert, "onnx-int8")
+    fp32 = QAPredictor(tiny_bert, backend="onnx-fp32")  # exported by the test above or here
+    int8 = QAPredictor(tiny_bert, backend="onnx-int8")
     assert int8.spec.quantised and int8.forward.path != fp32.forward.path
     answers = _answers(int8, questions)
     assert all(a and a in q["context"] for a, q in zip(answers, questions, strict=True))

@@ -32,7 +32,7 @@ def test_runs_of_different_budgets_are_refused_naming_them(experiment, tmp_path)
     small = _run("student", train_questions=500)
     _run("distill")
     with pytest.raises(ConfigError, match=f"train_questions: .*student run {small} has 500") as error:
-        run_report("cpu", TrackingConfig(), str(tmp_path / "t"))
+        run_report("cpu", TrackingConfig(), output=str(tmp_path / "t"))
     assert "epochs" not in str(error.value)
     assert not (tmp_path / "t.csv").exists()
 
@@ -49,7 +49,7 @@ def test_a_test_sized_run_never_overwrites_the_committed_table(experiment):
     for role in ("teacher", "student", "distill"):
         _run(role, train_questions=16, dev_questions=8, data="/tmp/tiny-squad")
     with pytest.raises(ConfigError, match="not writing over .*cpu.csv.*train_questions 16, the recipe 16000"):
-        run_report("cpu", TrackingConfig(), None)
+        run_report("cpu", TrackingConfig(), output=None)
     assert (RESULTS_DIR / "cpu.csv").read_text() == committed
 
 

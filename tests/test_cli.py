@@ -25,7 +25,7 @@ CONTEXT = "Ada Lovelace wrote the first program in 1843."
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(argv=list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -115,7 +115,7 @@ def test_evaluate_with_a_missing_model_fails_in_one_line_and_v_logs_progress(tmp
     data = write_squad(tmp_path / "dev-late.json", [("the cat sat; the cat ran", [("q", "Which?", [("the cat", 14)])])])
     argv = ["evaluate", "--model", str(tmp_path / "no-model"), "--data", str(data)]
     with shell_logging():
-        code = main(["-v", *argv] if verbose else argv)
+        code = main(argv=["-v", *argv] if verbose else argv)
     err = capsys.readouterr().err
     assert code == 2
     logged = [line for line in err.splitlines() if " qa_distill.data.squad INFO " in line]
@@ -172,5 +172,5 @@ def test_search_needs_an_end_and_speedtest_a_known_recipe(capsys):
 
 def test_an_unknown_backend_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["predict", "--model", "m", "--question", "q", "--context", "c", "--backend", "fp64"])
+        main(argv=["predict", "--model", "m", "--question", "q", "--context", "c", "--backend", "fp64"])
     assert exit_.value.code == 2 and "invalid choice: 'fp64'" in capsys.readouterr().err

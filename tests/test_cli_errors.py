@@ -28,7 +28,7 @@ def _error_line(capsys) -> str:
 
 def test_a_config_error_comes_before_the_training_stack_is_imported():
     code = ("import sys; from qa_distill.cli import main; "
-            "code = main(['distill', '--set', 'distillation.temperature=inf']); "
+            "code = main(argv=['distill', '--set', 'distillation.temperature=inf']); "
             "print(code, 'torch' in sys.modules, 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(WORKTREE)})
@@ -38,7 +38,7 @@ def test_a_config_error_comes_before_the_training_stack_is_imported():
 
 def test_a_dead_tracking_server_is_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, dev_sample):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", DEAD_SERVER)
-    code = main(["teacher", "--data", str(dev_sample), "--output-dir", str(tmp_path / "out"),
+    code = main(argv=["teacher", "--data", str(dev_sample), "--output-dir", str(tmp_path / "out"),
                  "--set", "model.name=no-such-model"])
     assert code == 2
     assert f"tracking URI {DEAD_SERVER} is not reachable" in _error_line(capsys)
@@ -59,7 +59,7 @@ def test_an_output_dir_under_a_file_stops_the_run_before_tokenising(tmp_path, tr
                                                                       capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code = main(["teacher", "--data", str(dev_sample), "--output-dir", str(blocker / "out"),
+    code = main(argv=["teacher", "--data", str(dev_sample), "--output-dir", str(blocker / "out"),
                  "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path / 'cache'}"])
     assert code == 2 and "is a file, not a directory" in _error_line(capsys)
     assert not (tmp_path / "cache").exists()
@@ -73,22 +73,22 @@ def test_sqlite_store_in_a_missing_folder_is_refused():
 def test_dev_questions_must_be_positive(capsys):
     for value in ("0", "-5"):
         with pytest.raises(SystemExit) as stop:
-            main(["evaluate", "--model", "m", "--dev-questions", value])
+            main(argv=["evaluate", "--model", "m", "--dev-questions", value])
         assert stop.value.code == 2
         assert "--dev-questions: must be > 0" in capsys.readouterr().err
 
 
 def test_a_run_name_cannot_leave_the_results_folder(capsys):
-    assert main(["speedtest", "--run-name", "../../../../x", "--model", "a=b"]) == 2
+    assert main(argv=["speedtest", "--run-name", "../../../../x", "--model", "a=b"]) == 2
     assert "--run-name '../../../../x' must be a plain name" in _error_line(capsys)
 
 
 def test_an_os_error_is_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
     predictions = tmp_path / "pred.json"
     predictions.write_text(json.dumps({"a": "b"}))
-    assert main(["score", str(tmp_path), str(predictions)]) == 1  # a directory, not a file
+    assert main(argv=["score", str(tmp_path), str(predictions)]) == 1  # a directory, not a file
     assert "Is a directory" in _error_line(capsys)
-    assert main(["-v", "score", str(tmp_path), str(predictions)]) == 1
+    assert main(argv=["-v", "score", str(tmp_path), str(predictions)]) == 1
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -109,7 +109,8 @@ def test_models_uri_resolves_in_the_project_store_from_any_folder(tmp_path, tiny
     # a process with no MLFLOW_* settings, in another folder, whose project root is `project`
     script = (f"import sys, pathlib, qa_distill.config as c; c.PROJECT_ROOT = pathlib.Path({str(project)!r}); "
               "from qa_distill.cli import main; "
-              "sys.exit(main(['predict', '--model', 'models:/tiny-qa/1', '--question', 'Who?', '--context', 'Ada.']))")
+              "sys.exit(main(argv=['predict', '--model', 'models:/tiny-qa/1', "
+              "'--question', 'Who?', '--context', 'Ada.']))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(WORKTREE)}
     out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, env=env,
                          timeout=300)

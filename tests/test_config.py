@@ -29,7 +29,7 @@ def test_the_recipe_wins_over_the_defaults_and_the_role_section_over_the_recipe(
 
 
 def test_an_override_wins_over_the_role_section():
-    config = load_config(RECIPE, "distill", ["distillation.temperature=4", "training.epochs=5"])
+    config = load_config(RECIPE, "distill", overrides=["distillation.temperature=4", "training.epochs=5"])
     assert (config.distillation.temperature, config.training.epochs) == (4.0, 5.0)
     assert config.distillation.alpha == 0.3  # not overridden: the role section's
 
@@ -39,7 +39,7 @@ def test_an_explicit_argument_wins_over_an_override():
                  "data.data=override-data"]
     explicit = {"distillation.temperature": 5, "distillation.alpha": "0.6", "distillation.teacher": "argument-teacher",
                 "data.data": "argument-data"}
-    config = load_config(RECIPE, "distill", overrides, explicit=explicit, output_dir="/elsewhere/distill")
+    config = load_config(RECIPE, "distill", overrides=overrides, explicit=explicit, output_dir="/elsewhere/distill")
     k = config.distillation
     assert (k.temperature, k.alpha, k.teacher) == (5.0, 0.6, "argument-teacher")
     assert (config.data.data, config.output_dir) == ("argument-data", "/elsewhere/distill")
@@ -48,7 +48,7 @@ def test_an_explicit_argument_wins_over_an_override():
 def test_an_empty_explicit_argument_leaves_the_layers_below():
     explicit = {"distillation.temperature": None, "distillation.alpha": "", "distillation.teacher": "",
                 "data.data": None}
-    config = load_config(RECIPE, "distill", ["distillation.alpha=0.4"], explicit=explicit, output_dir=None)
+    config = load_config(RECIPE, "distill", overrides=["distillation.alpha=0.4"], explicit=explicit, output_dir=None)
     k = config.distillation
     assert (k.temperature, k.alpha, k.teacher) == (3.0, 0.4, "recipe-teacher")
     assert config.data.data == str(PROJECT_ROOT / "tests" / "squad-sample")  # the recipe's, made absolute
@@ -58,7 +58,7 @@ def test_an_empty_explicit_argument_leaves_the_layers_below():
 def test_overrides_take_each_field_type():
     # YAML reads "3e-4" (no dot) as a string: the field's type must still make it a float.
     config = load_config(
-        RECIPE, "teacher", ["training.learning_rate=3e-4", "training.epochs=2", "data.train_questions=500"]
+        RECIPE, "teacher", overrides=["training.learning_rate=3e-4", "training.epochs=2", "data.train_questions=500"]
     )
     assert config.training.learning_rate == 3e-4 and isinstance(config.training.learning_rate, float)
     assert config.training.epochs == 2.0 and isinstance(config.training.epochs, float)
@@ -86,7 +86,7 @@ def test_an_override_without_section_key_and_value_says_the_form(override):
 )
 def test_a_bad_override_names_its_field(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(RECIPE, "teacher", [override])
+        load_config(RECIPE, "teacher", overrides=[override])
 
 
 def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
@@ -96,7 +96,7 @@ def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
     recipe.write_text("tracking:\n  experiment: from-recipe\n")
     assert load_tracking("cpu").experiment == "qa-distill"
     assert load_tracking(str(recipe)).experiment == "from-recipe"
-    assert load_tracking(str(recipe), "from-option").experiment == "from-option"
+    assert load_tracking(str(recipe), experiment="from-option").experiment == "from-option"
     given = load_config(str(recipe), "teacher", explicit={"tracking.experiment": "from-option"})
     assert given.tracking.experiment == "from-option"
     assert load_config(str(recipe), "teacher").tracking.experiment == "from-recipe"
@@ -116,11 +116,11 @@ def test_the_experiment_comes_from_the_recipe_then_the_command_line(tmp_path):
 )
 def test_values_that_would_train_wrong_are_refused_naming_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(RECIPE, "distill", [override])
+        load_config(RECIPE, "distill", overrides=[override])
 
 
 def test_a_whole_float_is_a_whole_number():
-    assert load_config(RECIPE, "teacher", ["training.batch_size=8.0"]).training.batch_size == 8
+    assert load_config(RECIPE, "teacher", overrides=["training.batch_size=8.0"]).training.batch_size == 8
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a\\b", ""])
@@ -164,7 +164,7 @@ def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
     args = build_parser().parse_args(["speedtest", "--recipe", str(recipe), "--model", "a=/m/a",
                                       "--model", "b=/m/b c=/m/c", "--threads", "1", "--no-hf-baseline",
                                       "--set", "tracking.experiment=timed"])
-    config = load_speedtest(args.recipe, overrides(args), explicit(args))
+    config = load_speedtest(args.recipe, overrides=overrides(args), explicit=explicit(args))
     speed = config.speed
     assert config.tracking.experiment == "timed"  # the speed test's runs go where the layers say
     assert speed.models == ["a=/m/a", "b=/m/b", "c=/m/c"] and speed.backends == ("fp32", "int8")
@@ -182,7 +182,7 @@ def test_search_and_speed_sections_layer_like_the_rest(tmp_path):
 )
 def test_a_bad_search_setting_is_refused_before_any_data(override, message):
     with pytest.raises(ConfigError, match=re.escape(message) if "[" in message else message):
-        load_config(RECIPE, "distill", [override])
+        load_config(RECIPE, "distill", overrides=[override])
 
 
 @pytest.mark.parametrize(
@@ -194,4 +194,4 @@ def test_a_bad_speed_setting_is_refused_before_any_model(override, message):
     from qa_distill.recipes import load_speedtest
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_speedtest(RECIPE, [override])
+        load_speedtest(RECIPE, overrides=[override])

@@ -16,8 +16,9 @@ def test_local_and_hub_splits_are_logged_as_inputs_without_their_rows(tracking_u
     mlflow.set_experiment("dataset-inputs")  # not the experiment an earlier test left active
     split = load_split(DataConfig(data=str(dev_sample), train_questions=20), "train")
     with mlflow.start_run() as run:
-        log_dataset(split.dataset, split.source, split.fingerprint, "training")
-        log_dataset(split.dataset.select(range(5)), "squad[validation]", "0123456789abcdef", "evaluation")
+        log_dataset(split.dataset, split.source, fingerprint=split.fingerprint, context="training")
+        log_dataset(split.dataset.select(range(5)), "squad[validation]", fingerprint="0123456789abcdef",
+                    context="evaluation")
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     by_context = {i.tags[0].value: i.dataset for i in inputs}
     local, hub = by_context["training"], by_context["evaluation"]

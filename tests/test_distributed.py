@@ -52,7 +52,7 @@ def test_two_processes_give_one_run_one_cache_and_the_scores_of_one(
     tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
 ):
     common = [*TINY, f"model.name={tiny_distilbert}"]
-    one = run_distill(load_config("cpu", "distill", [*common, "training.batch_size=16",
+    one = run_distill(load_config("cpu", "distill", overrides=[*common, "training.batch_size=16",
                                                      f"data.cache_dir={tmp_path / 'cache-1'}"],
                                   output_dir=str(tmp_path / "one"),
                                   explicit={"data.data": str(dev_sample), "distillation.teacher": tiny_bert}))

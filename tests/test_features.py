@@ -69,11 +69,12 @@ def test_eval_offsets_mark_only_context_tokens(dev_sample, tmp_path):
 def test_second_build_reads_the_disk_cache(dev_sample, tmp_path):
     tok = _tokenizer()
     split = load_split(DataConfig(data=str(dev_sample)), "train")
-    first = build_features(split, tok, 96, 32, "train", cache=str(tmp_path))
+    first = build_features(split, tok, max_length=96, doc_stride=32, kind="train", cache=str(tmp_path))
     files = sorted(p.name for p in tmp_path.glob("features-*.arrow"))
     assert len(files) == 1
-    again = build_features(split, tok, 96, 32, "train", cache=str(tmp_path))
+    again = build_features(split, tok, max_length=96, doc_stride=32, kind="train", cache=str(tmp_path))
     assert again.cache_files and again.cache_files[0]["filename"].endswith(files[0])
     assert again["input_ids"] == first["input_ids"]
-    build_features(split, tok, 128, 32, "train", cache=str(tmp_path))  # other windows, other file
+    build_features(split, tok, max_length=128, doc_stride=32, kind="train",
+                   cache=str(tmp_path))  # other windows, other file
     assert len(list(tmp_path.glob("features-*.arrow"))) == 2

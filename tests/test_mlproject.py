@@ -53,11 +53,11 @@ def test_a_whole_number_written_as_a_float_is_taken_and_a_fraction_refused(capsy
     args = build_parser().parse_args(["main", "--speed-questions", "500.0", "--threads", "1"])
     assert (args.speed_questions, args.threads) == (500, 1)
     args = build_parser().parse_args(["speedtest", "--questions", "200.0"])
-    assert load_speedtest(args.recipe, overrides(args), explicit(args)).speed.questions == 200
+    assert load_speedtest(args.recipe, overrides=overrides(args), explicit=explicit(args)).speed.questions == 200
     with pytest.raises(ConfigError, match="speed.questions: '2.5' is not a whole number"):
-        load_speedtest("cpu", None, {"speed.questions": "2.5"})
+        load_speedtest("cpu", overrides=None, explicit={"speed.questions": "2.5"})
     with pytest.raises(ConfigError, match="speed.questions: 'inf' is not a valid int"):
-        load_speedtest("cpu", None, {"speed.questions": "inf"})
+        load_speedtest("cpu", overrides=None, explicit={"speed.questions": "inf"})
     with pytest.raises(SystemExit):
         build_parser().parse_args(["main", "--threads", "1.5"])
     assert "'1.5' is not a whole number" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def test_predict_before_any_training_says_to_train_first_and_creates_no_store(tr
     from qa_distill.cli import main
 
     argv = ["predict", "--model", "models:/qa-distill-cpu-distill/latest", "--question", "Who?", "--context", "Ada."]
-    assert main(argv) == 2
+    assert main(argv=argv) == 2
     assert "train it first" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
 

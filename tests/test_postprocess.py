@@ -55,8 +55,8 @@ def test_oracle_logits_on_the_official_dev_set_score_above_99_5():
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     split = load_split(DataConfig(data=str(DEV_JSON)), "dev")
     assert len(split.dataset) == 10570
-    labelled = build_features(split, tokenizer, 384, 128, "train")
-    windows = build_features(split, tokenizer, 384, 128, "eval")
+    labelled = build_features(split, tokenizer, max_length=384, doc_stride=128, kind="train")
+    windows = build_features(split, tokenizer, max_length=384, doc_stride=128, kind="eval")
     assert len(labelled) == len(windows)
     width = max(windows["length"])
     start = np.zeros((len(windows), width), dtype=np.float32)

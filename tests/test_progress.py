@@ -35,10 +35,10 @@ def clock(monkeypatch) -> Clock:
 
 def test_plain_lines_at_most_every_n_seconds_with_rate_and_eta(clock):
     out = io.StringIO()  # not a terminal: plain lines
-    progress = Progress("training", 100, "steps", every=60, done=10, stream=out)  # resumed at 10
+    progress = Progress("training", 100, unit="steps", every=60, done=10, stream=out)  # resumed at 10
     for _ in range(9):  # 9 steps, 10 s each: one line, at 60 s
         clock.now += 10
-        progress.update()
+        progress.update(1)
     assert out.getvalue().splitlines() == [
         "training: 16/100 steps (16%), 0.1 steps/s, elapsed 0:01:00, ETA 0:14:00"
     ]
@@ -54,7 +54,7 @@ def test_plain_lines_at_most_every_n_seconds_with_rate_and_eta(clock):
 
 def test_nothing_done_yet_has_no_eta(clock):
     out = io.StringIO()
-    Progress("teacher logits", 50, "windows", stream=out).close()
+    Progress("teacher logits", 50, unit="windows", stream=out).close()
     assert out.getvalue() == "teacher logits: 0/50 windows (0%), 0 windows/s, elapsed 0:00:00, ETA unknown\n"
 
 
@@ -64,7 +64,7 @@ def test_a_terminal_gets_a_bar_instead_of_lines():
             return True
 
     out = Terminal()
-    with Progress("speed test", 4, "questions", every=0, stream=out) as progress:
+    with Progress("speed test", 4, unit="questions", every=0, stream=out) as progress:
         progress.update(4)
     assert "speed test: 100%" in out.getvalue() and "4/4" in out.getvalue()
     assert "ETA" not in out.getvalue()  # tqdm's own format, not the plain line
@@ -72,10 +72,11 @@ def test_a_terminal_gets_a_bar_instead_of_lines():
 
 def test_announce_names_device_cpu_precision_and_threads():
     out = io.StringIO()
-    line = announce("cpu-distill", "cpu", "bf16", 2, stream=out)
+    line = announce("cpu-distill", "cpu", precision="bf16", threads=2, stream=out)
     assert line == f"cpu-distill: device cpu ({cpu_name()}), precision bf16, 2 threads"
     assert out.getvalue() == line + "\n"
-    assert announce("x", "cuda:0", "fp16", 8, stream=out) == "x: device cuda:0, precision fp16, 8 threads"
+    assert announce("x", "cuda:0", precision="fp16", threads=8,
+                    stream=out) == "x: device cuda:0, precision fp16, 8 threads"
 
 
 @pytest.mark.slow
@@ -83,7 +84,7 @@ def test_a_tiny_training_reports_every_stage_and_logs_its_data(tmp_path, trackin
     overrides = ["data.max_length=96", "data.doc_stride=32", "training.epochs=1", "training.batch_size=8",
                  "training.eval_batch_size=32", "training.precision=fp32", "training.threads=1",
                  "training.progress_seconds=0", f"model.name={tiny_bert}", f"data.cache_dir={tmp_path / 'cache'}"]
-    config = load_config("cpu", "teacher", overrides, explicit={"data.data": str(dev_sample)},
+    config = load_config("cpu", "teacher", overrides=overrides, explicit={"data.data": str(dev_sample)},
                          output_dir=str(tmp_path / "teacher"))
     result = run_finetune(config)
     err = capfd.readouterr().err

@@ -82,7 +82,8 @@ def _features(tokenizer, records: list[dict], kind: str):
     fingerprint = hashlib.sha256(json.dumps(records).encode()).hexdigest()[:16]
     with tempfile.TemporaryDirectory() as tmp:
         split = Split(Dataset.from_list(records), "generated", fingerprint)
-        return build_features(split, tokenizer, MAX_LENGTH, STRIDE, kind, tmp).to_list()
+        return build_features(split, tokenizer, max_length=MAX_LENGTH, doc_stride=STRIDE, kind=kind,
+                              cache=tmp).to_list()
 
 
 @SETTINGS
@@ -91,7 +92,7 @@ def test_train_window_labels_map_back_to_the_answer_characters(tokenizer, case):
     context, answer, start, _ = case
     end = start + len(answer)
     windows = _features(tokenizer, [_record("q", context, answer, start)], "train")
-    enc = encode_windows(tokenizer, ["What is it?"], [context], MAX_LENGTH, STRIDE)
+    enc = encode_windows(tokenizer, ["What is it?"], [context], max_length=MAX_LENGTH, stride=STRIDE)
     assert len(windows) == len(enc["input_ids"])
     labelled = 0
     for i, w in enumerate(windows):

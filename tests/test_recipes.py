@@ -66,9 +66,9 @@ def test_a_teacher_the_recipe_or_the_command_names_wins(tmp_path):
                                       ("max_answer_length", "answers.max_answer_length")])
 def test_an_answer_setting_under_its_old_key_names_the_new_one(tmp_path, old, new):
     with pytest.raises(ConfigError, match=rf"^override: training.{old} is now {new}$"):
-        load_config("cpu", "teacher", [f"training.{old}=5"])
+        load_config("cpu", "teacher", overrides=[f"training.{old}=5"])
     recipe = tmp_path / "old.yaml"
     recipe.write_text(f"teacher:\n  training:\n    {old}: 5\n")
     with pytest.raises(ConfigError, match=rf"old.yaml \[teacher\]: training.{old} is now {new}$"):
         load_config(str(recipe), "teacher")
-    assert getattr(load_config("cpu", "teacher", [f"{new}=5"]).answers, old) == 5
+    assert getattr(load_config("cpu", "teacher", overrides=[f"{new}=5"]).answers, old) == 5

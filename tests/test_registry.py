@@ -48,7 +48,7 @@ def test_latency_tags_join_onto_per_model_results(versions):
         "p90_ms": [30.0, 20.0], "p99_ms": [50.0, 40.0], "questions_per_s": [44.8, 50.0],
         "exact_match": [38.0, 37.5], "f1": [52.1, 51.4],
     })
-    tag_versions({"distilled": ModelVersionRef("m", "3")}, speed, "speedrun", "Some CPU", 2)
+    tag_versions({"distilled": ModelVersionRef("m", "3")}, speed, "speedrun", cpu="Some CPU", threads=2)
     tags = mlflow.MlflowClient().get_model_version("m", "3").tags
     assert tags["latency.int8.p50_ms"] == "5.5" and tags["latency.fp32.questions_per_s"] == "44.8"
     assert (tags["latency.cpu"], tags["latency.threads"], tags["latency.run_id"]) == ("Some CPU", "2", "speedrun")

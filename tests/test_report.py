@@ -32,7 +32,7 @@ def test_one_row_per_model_from_the_newest_finished_run(tracking_uri, tmp_path):
     _log("paper", "teacher", 88.0)  # another recipe
     mlflow.set_experiment("another")
     _log("cpu", "teacher", 99.0)  # another experiment
-    table = run_report("cpu", TrackingConfig(tracking_uri=tracking_uri, experiment="t"), str(tmp_path / "cpu"))
+    table = run_report("cpu", TrackingConfig(tracking_uri=tracking_uri, experiment="t"), output=str(tmp_path / "cpu"))
     assert list(table["model"]) == ["teacher", "student", "distilled"]
     assert list(table["f1"]) == [70.0, 55.0, 60.0]
     assert table.loc[1, "run_id"] == newest_student
@@ -48,4 +48,4 @@ def test_one_row_per_model_from_the_newest_finished_run(tracking_uri, tmp_path):
 def test_no_runs_is_a_clear_error(tracking_uri, tmp_path):
     with pytest.raises(ConfigError, match="no finished teacher/student/distill runs of recipe 'cpu' in experiment "
                        "'qa-distill'"):
-        run_report("cpu", TrackingConfig(tracking_uri=tracking_uri), str(tmp_path / "x"))
+        run_report("cpu", TrackingConfig(tracking_uri=tracking_uri), output=str(tmp_path / "x"))

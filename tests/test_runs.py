@@ -27,7 +27,8 @@ RECIPE = str(Path(__file__).parent / "recipes" / "runs.yaml")
 
 def _config(role, model, data, tmp_path, *extra, teacher=None):
     overrides = [f"model.name={model}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_config(RECIPE, role, overrides, explicit={"data.data": str(data), "distillation.teacher": teacher},
+    return load_config(RECIPE, role, overrides=overrides, explicit={"data.data": str(data),
+                                                                    "distillation.teacher": teacher},
                        output_dir=str(tmp_path / role))
 
 
@@ -104,7 +105,7 @@ def _runs_in_store() -> int:
 def test_bad_data_fails_before_any_run_and_writes_nothing(tmp_path, tracking_uri, tiny_bert, capsys):
     bad = write_squad(tmp_path / "train-bad.json", [("Some context.", [("q-7", "What?", [])])])
     out = tmp_path / "never"
-    code = main(["teacher", "--recipe", RECIPE, "--data", str(bad), "--output-dir", str(out),
+    code = main(argv=["teacher", "--recipe", RECIPE, "--data", str(bad), "--output-dir", str(out),
                  "--set", f"model.name={tiny_bert} data.cache_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
@@ -124,7 +125,7 @@ def test_a_cased_teacher_is_refused_before_training(tmp_path, tracking_uri, dev_
     tok = BertTokenizerFast(tokenizer_file=vocab, do_lower_case=False)
     tok.backend_tokenizer.normalizer = __import__("tokenizers").normalizers.BertNormalizer(lowercase=False)
     tok.save_pretrained(cased)
-    code = main(["distill", "--recipe", RECIPE, "--data", str(dev_sample), "--teacher", str(cased),
+    code = main(argv=["distill", "--recipe", RECIPE, "--data", str(dev_sample), "--teacher", str(cased),
                  "--output-dir", str(tmp_path / "d"), "--set", f"model.name={tiny_bert}"])
     assert code == 2
     assert "lower-casing" in capsys.readouterr().err

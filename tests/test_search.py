@@ -103,7 +103,8 @@ def make_config(setup: dict[str, Any]) -> RunConfig:
         f"tracking.tracking_uri={setup['tracking_uri']}",
         f"tracking.experiment={setup['experiment']}", "tracking.register_model=false",
     ]
-    return load_config(str(TESTS_DIR / "recipes" / "runs.yaml"), "distill", overrides, output_dir=f"{root}/search",
+    return load_config(str(TESTS_DIR / "recipes" / "runs.yaml"), "distill", overrides=overrides,
+                       output_dir=f"{root}/search",
                        explicit={"data.data": assets["data"], "distillation.teacher": assets["teacher"]})
 
 

@@ -154,7 +154,8 @@ def test_backend_param_picks_the_int8_predictor(server, rows, tiny_bert):
     assert "int8 predictor ready" not in server["log"].read_text()  # built on first use only
     status, body = _post(server, {"dataframe_records": rows, "params": {"backend": "int8"}})
     assert status == 200
-    int8 = QAPredictor(tiny_bert, "int8").answer_batch([r["question"] for r in rows], [r["context"] for r in rows])
+    int8 = QAPredictor(tiny_bert, backend="int8").answer_batch([r["question"] for r in rows],
+                                                               [r["context"] for r in rows])
     assert json.loads(body)["predictions"] == int8
     # the tiny model answers alike on every backend, so the server's log shows which one it used
     assert "qa-distill model: int8 predictor ready" in server["log"].read_text()

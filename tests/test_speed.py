@@ -61,22 +61,22 @@ def _same(a: list[str], b: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def fp32_answers(tiny_model, questions) -> list[str]:
-    return _answers(QAPredictor(tiny_model, "fp32"), questions)
+    return _answers(QAPredictor(tiny_model, backend="fp32"), questions)
 
 
 def test_padding_and_bf16_keep_the_fp32_answers(tiny_model, questions, fp32_answers):
     # Padding to max_length only adds masked positions: the answers must not move at all.
-    assert _answers(QAPredictor(tiny_model, "fp32-maxpad"), questions) == fp32_answers
+    assert _answers(QAPredictor(tiny_model, backend="fp32-maxpad"), questions) == fp32_answers
     # bf16 keeps 8 mantissa bits; a random model's best spans can win by less than that, so a
     # few flips are legitimate, but most answers must survive.
-    bf16 = _answers(QAPredictor(tiny_model, "bf16"), questions)
+    bf16 = _answers(QAPredictor(tiny_model, backend="bf16"), questions)
     assert _same(bf16, fp32_answers) >= 0.75 * len(questions)
 
 
 def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
     # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
     # here it must answer everything, and not be noise (half the answers the same as fp32).
-    int8 = _answers(QAPredictor(tiny_model, "int8"), questions)
+    int8 = _answers(QAPredictor(tiny_model, backend="int8"), questions)
     assert all(a and a in q["context"] for a, q in zip(int8, questions, strict=True))
     assert _same(int8, fp32_answers) >= len(questions) / 2
 
@@ -90,7 +90,8 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
     torch.manual_seed(0)  # the new QA head, dropout and shuffling
     loaded = load_qa_model(minilm_path(), layer_stride=3)
     model, tokenizer = loaded.model, loaded.tokenizer
-    windows = build_features(split, tokenizer, 192, 64, "train", str(tmp_path_factory.mktemp("features")))
+    windows = build_features(split, tokenizer, max_length=192, doc_stride=64, kind="train",
+                             cache=str(tmp_path_factory.mktemp("features")))
     windows = list(windows.remove_columns("length"))
     pad = DataCollatorWithPadding(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
@@ -110,7 +111,7 @@ def trained(tmp_path_factory, dev_sample) -> tuple[str, list[dict]]:
 def test_fast_backends_keep_a_trained_models_f1(trained):
     path, questions = trained
     gold = {q["id"]: q["answers"] for q in questions}
-    answers = {b: _answers(QAPredictor(path, b), questions) for b in ("fp32", "fp32-maxpad", "bf16", "int8")}
+    answers = {b: _answers(QAPredictor(path, backend=b), questions) for b in ("fp32", "fp32-maxpad", "bf16", "int8")}
     f1 = {b: squad_scores(gold, dict(zip(gold, a, strict=True)))["f1"] for b, a in answers.items()}
     assert f1["fp32"] > 30  # it learned (45 here): a random head scores near 0
     assert answers["fp32-maxpad"] == answers["fp32"]
@@ -163,7 +164,7 @@ def test_timed_figures_and_scores(tiny_model, questions, fp32_answers):
     assert 0 < table["size_mb"][2] < on_disk  # int8 linear layers (embeddings stay fp32)
     # ONNX Runtime's int8 is the graph file it runs (here about the weights' size: the embeddings,
     # float, are most of a 32-wide model)
-    onnx_file = QAPredictor(tiny_model, "onnx-int8").forward.path  # the cached graph the test ran
+    onnx_file = QAPredictor(tiny_model, backend="onnx-int8").forward.path  # the cached graph the test ran
     assert table["size_mb"][3] == pytest.approx(onnx_file.stat().st_size / 1e6)
     assert "speedup_vs_teacher_hf" not in table
 
@@ -302,4 +303,4 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
 
 def test_predict(tiny_model, questions, fp32_answers):
     q = questions[0]
-    assert predict(tiny_model, q["question"], q["context"]) == fp32_answers[0]
+    assert predict(tiny_model, question=q["question"], context=q["context"]) == fp32_answers[0]

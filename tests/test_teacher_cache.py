@@ -22,7 +22,7 @@ WINDOWS = {"max_length": 96, "precision": "fp32"}  # the tiny windows and precis
 def setup(dev_sample, tiny_bert, tmp_path):
     teacher = load_qa_model(tiny_bert)
     split = load_split(DataConfig(data=str(dev_sample)), "train")
-    feats = build_features(split, teacher.tokenizer, 96, 32, "train", cache=str(tmp_path))
+    feats = build_features(split, teacher.tokenizer, max_length=96, doc_stride=32, kind="train", cache=str(tmp_path))
     return teacher, feats
 
 

@@ -34,5 +34,5 @@ def test_an_explicit_precision_passes_through(cpu_only, precision, cpu_has_bf16)
 
 @pytest.mark.parametrize(("precision", "bf16", "fp16"), [("bf16", True, False), ("fp32", False, False)])
 def test_the_resolved_precision_reaches_the_trainer_arguments(tmp_path, precision, bf16, fp16):
-    args = training_arguments(TrainingConfig(), str(tmp_path), precision)
+    args = training_arguments(TrainingConfig(), str(tmp_path), precision=precision)
     assert (args.bf16, args.fp16) == (bf16, fp16)

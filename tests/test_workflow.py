@@ -145,7 +145,7 @@ def test_a_run_in_an_experiment_the_user_named_stays_there(tracking_uri, monkeyp
 
 
 def test_main_rejects_bad_input_before_any_run(tracking_uri, tmp_path, capsys):
-    assert cli_main(["main", "--recipe", str(TINY), "--set", "training.epochs=0"]) == 2
+    assert cli_main(argv=["main", "--recipe", str(TINY), "--set", "training.epochs=0"]) == 2
     assert "training.epochs" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run started
 

@@ -47,6 +47,7 @@ def encode_windows(
     tokenizer: PreTrainedTokenizerBase,
     questions: list[str],
     contexts: list[str],
+    *,
     max_length: int,
     stride: int,
 ):
@@ -80,7 +81,7 @@ def _context_span(sequence_ids: list[int | None]) -> tuple[int, int]:
 
 
 def _train_batch(batch: dict[str, list], tokenizer, max_length: int, stride: int) -> dict[str, Any]:
-    enc = encode_windows(tokenizer, batch["question"], batch["context"], max_length, stride)
+    enc = encode_windows(tokenizer, batch["question"], batch["context"], max_length=max_length, stride=stride)
     starts, ends = [], []
     for i, offsets in enumerate(enc["offset_mapping"]):
         ids = enc["input_ids"][i]
@@ -107,7 +108,7 @@ def _train_batch(batch: dict[str, list], tokenizer, max_length: int, stride: int
 
 
 def _eval_batch(batch: dict[str, list], tokenizer, max_length: int, stride: int) -> dict[str, Any]:
-    enc = encode_windows(tokenizer, batch["question"], batch["context"], max_length, stride)
+    enc = encode_windows(tokenizer, batch["question"], batch["context"], max_length=max_length, stride=stride)
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
@@ -129,6 +130,7 @@ def cache_dir(configured: str | None) -> Path:
 def build_features(
     split: Split,
     tokenizer: PreTrainedTokenizerBase,
+    *,
     max_length: int,
     doc_stride: int,
     kind: str,
@@ -143,7 +145,7 @@ def build_features(
     path.parent.mkdir(parents=True, exist_ok=True)
     fn = _train_batch if kind == "train" else _eval_batch
     # reported only when tokenised now: a cached file is just opened
-    progress = None if path.exists() else Progress(f"tokenising {kind} windows", len(split.dataset), "questions")
+    progress = None if path.exists() else Progress(f"tokenising {kind} windows", len(split.dataset), unit="questions")
     with datasets_bars_off():
         features = split.dataset.map(
             counted(fn, progress) if progress else fn,

@@ -28,7 +28,7 @@ def best_spans(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
     offsets: np.ndarray,
-    n_best: int = AnswerConfig.n_best,
+    *, n_best: int = AnswerConfig.n_best,
     max_answer_length: int = AnswerConfig.max_answer_length,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best (start, end) token pair and its score for each window; score -inf if none is valid."""
@@ -66,7 +66,7 @@ def postprocess(
     `n_best` and `max_answer_length` are the fields of `AnswerConfig`."""
     if not isinstance(offsets, np.ndarray):
         offsets = pad_offsets(offsets, start_logits.shape[1])
-    s, e, score = best_spans(start_logits, end_logits, offsets, n_best, max_answer_length)
+    s, e, score = best_spans(start_logits, end_logits, offsets, n_best=n_best, max_answer_length=max_answer_length)
     best: dict[str, tuple[float, int]] = {}
     for i, qid in enumerate(example_ids):
         if qid not in best or score[i] > best[qid][0]:

@@ -233,7 +233,7 @@ def load_split(config: DataConfig, name: str) -> Split:
     return _subset(split, n, config.subset_seed)
 
 
-def load_questions(dev_json: str | Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+def load_questions(dev_json: str | Path, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
     """A seeded sample of `n` answerable questions (all of them if fewer): id, question, context,
     answers (gold texts). Questions without a gold answer cannot be scored, so they are left out.
     """

@@ -74,7 +74,7 @@ class StartEnd(nn.Module):
         return out.start_logits, out.end_logits
 
 
-def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int], seed: int = 0
+def example_inputs(names: Sequence[str], vocab_size: int, lengths: Sequence[int], *, seed: int = 0
                    ) -> dict[str, torch.Tensor]:
     """Random windows of the given lengths, right-padded to the longest (question, then context)."""
     generator = torch.Generator().manual_seed(seed)

@@ -15,12 +15,12 @@ from qa_distill.inference.predictor import QAPredictor
 from qa_distill.runtime.progress import Progress
 
 
-def evaluate_model(source: str, data: DataConfig, backend: str = "fp32", chunk: int = 256) -> dict[str, Any]:
+def evaluate_model(source: str, data: DataConfig, *, backend: str = "fp32", chunk: int = 256) -> dict[str, Any]:
     """EM/F1 of a model (any source) on the dev split `data` describes, and its answers."""
     dev = load_split(data, "dev").dataset
-    predictor = QAPredictor(source, backend)
+    predictor = QAPredictor(source, backend=backend)
     answers: dict[str, str] = {}
-    with Progress("evaluation", len(dev), "questions") as progress:
+    with Progress("evaluation", len(dev), unit="questions") as progress:
         for lo in range(0, len(dev), chunk):
             rows = dev[lo : lo + chunk]
             answers |= dict(zip(rows["id"], predictor.answer_batch(rows["question"], rows["context"]), strict=True))

@@ -86,7 +86,7 @@ class QAModel(mlflow.pyfunc.PythonModel):
             from qa_distill.inference.predictor import QAPredictor
 
             began = time.perf_counter()
-            self.predictors[backend] = QAPredictor(self.model_dir, backend)
+            self.predictors[backend] = QAPredictor(self.model_dir, backend=backend)
             # stderr is the server's log: which backends a server has built, and what it cost
             print(f"qa-distill model: {backend} predictor ready in {time.perf_counter() - began:.1f} s",
                   file=sys.stderr, flush=True)

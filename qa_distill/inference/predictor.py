@@ -52,7 +52,7 @@ class QAPredictor:
     def __init__(
         self,
         source: str,
-        backend: str = "fp32",
+        *, backend: str = "fp32",
         max_length: int | None = None,
         doc_stride: int | None = None,
         batch_size: int = 32,
@@ -124,7 +124,7 @@ class QAPredictor:
     def answer_batch(self, questions: list[str], contexts: list[str]) -> list[str]:
         """One answer per (question, context) pair; all their windows in shared batches."""
         ids = [str(i) for i in range(len(questions))]
-        enc = encode_windows(self.tokenizer, questions, contexts, self.max_length, self.doc_stride)
+        enc = encode_windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=self.doc_stride)
         start, end = self._logits(enc)
         example_ids = [ids[i] for i in enc["overflow_to_sample_mapping"]]
         offsets = pad_offsets(context_offsets(enc), start.shape[1])
@@ -138,6 +138,6 @@ class QAPredictor:
         return self.answer_batch([question], [context])[0]
 
 
-def predict(model: str, question: str, context: str, backend: str = "fp32") -> str:
+def predict(model: str, *, question: str, context: str, backend: str = "fp32") -> str:
     """One answer from a model of any source (`qa-distill predict`)."""
-    return QAPredictor(model, backend).answer(question, context)
+    return QAPredictor(model, backend=backend).answer(question, context)

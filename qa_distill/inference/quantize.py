@@ -31,7 +31,7 @@ HEAD = "model.qa_outputs"  # the QA head inside `compiled.StartEnd`
 
 
 def quantize_int8(graph: torch.fx.GraphModule, example: tuple[torch.Tensor, ...],
-                  full_range: bool | None = None) -> torch.fx.GraphModule:
+                  *, full_range: bool | None = None) -> torch.fx.GraphModule:
     """Dynamic int8, per output channel, of every linear layer of an exported graph
     (`ExportedProgram.module()`) but the QA head.
 

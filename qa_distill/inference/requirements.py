@@ -21,7 +21,7 @@ from qa_distill.errors import ModelError
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # qa_distill/, sub-packages included
 
 
-def imported_modules(package_dir: Path = PACKAGE_DIR) -> set[str]:
+def imported_modules(*, package_dir: Path = PACKAGE_DIR) -> set[str]:
     """Top-level names of the third-party modules the package's `.py` files import (absolute
     imports only: relative ones are the package itself)."""
     names: set[str] = set()
@@ -34,12 +34,12 @@ def imported_modules(package_dir: Path = PACKAGE_DIR) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in ("__future__", package_dir.name)}
 
 
-def pinned_requirements(package_dir: Path = PACKAGE_DIR) -> list[str]:
+def pinned_requirements(*, package_dir: Path = PACKAGE_DIR) -> list[str]:
     """`distribution==version` for every distribution behind the package's imports, sorted. A
     local version label (`2.13.0+cpu`) is dropped: pip resolves the public version from an index."""
     providers = packages_distributions()
     optional = {name for spec in TABLE for name in spec.modules}
-    imported = {m for m in imported_modules(package_dir) if m in providers or m not in optional}
+    imported = {m for m in imported_modules(package_dir=package_dir) if m in providers or m not in optional}
     missing = sorted(m for m in imported if m not in providers)
     if missing:
         raise ModelError(f"no installed distribution provides the module(s) {missing} the code imports")

@@ -61,7 +61,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def run_report(recipe: str, tracking: TrackingConfig, output: str | None = None) -> pd.DataFrame:
+def run_report(recipe: str, tracking: TrackingConfig, *, output: str | None = None) -> pd.DataFrame:
     """Build the table of a recipe, write it, and log it to MLflow as a `<recipe>-report` run."""
     experiment_id = setup(tracking)
     runs = recipe_runs(recipe, experiment_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def write_tables(df: pd.DataFrame, stem: Path, formats: dict[str, str] | None = None) -> tuple[Path, Path]:
+def write_tables(df: pd.DataFrame, stem: Path, *, formats: dict[str, str] | None = None) -> tuple[Path, Path]:
     """`<stem>.csv` and `<stem>.md`; `formats` maps a column to its Markdown number format."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

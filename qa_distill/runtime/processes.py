@@ -96,7 +96,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def close_dead_runs(filter_string: str, keep: str | None = None) -> tuple[list[str], list[str]]:
+def close_dead_runs(filter_string: str, *, keep: str | None = None) -> tuple[list[str], list[str]]:
     """End KILLED the RUNNING runs matching `filter_string` whose process is gone.
 
     Returns (closed, alive) run ids; `keep` (a run about to be resumed) is neither.

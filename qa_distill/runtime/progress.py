@@ -34,7 +34,7 @@ class Progress:
     """Progress of `total` units of work (`done` of them already done, e.g. when resuming)."""
 
     def __init__(
-        self, what: str, total: int, unit: str = "steps", every: float = EVERY_SECONDS,
+        self, what: str, total: int, *, unit: str = "steps", every: float = EVERY_SECONDS,
         done: int = 0, stream: IO[str] | None = None,
     ) -> None:
         self.what, self.total, self.unit, self.every = what, total, unit, every
@@ -65,7 +65,7 @@ class Progress:
         if self.bar is None and time.monotonic() - self.printed >= self.every:
             self._print()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int) -> None:
         self.advance_to(self.done + n)
 
     def close(self) -> None:
@@ -85,13 +85,14 @@ class Progress:
 class ProgressCallback(TrainerCallback):
     """Training steps and evaluation batches of an HF Trainer, through `Progress`."""
 
-    def __init__(self, every: float = EVERY_SECONDS, stream: IO[str] | None = None) -> None:
+    def __init__(self, *, every: float = EVERY_SECONDS, stream: IO[str] | None = None) -> None:
         self.every, self.stream = every, stream
         self.training: Progress | None = None
         self.evaluating: Progress | None = None
 
     def on_train_begin(self, args, state, control, **kwargs: Any):
-        self.training = Progress("training", state.max_steps, "steps", self.every, state.global_step, self.stream)
+        self.training = Progress("training", state.max_steps, unit="steps", every=self.every, done=state.global_step,
+                                 stream=self.stream)
 
     def on_step_end(self, args, state, control, **kwargs: Any):
         if self.training is not None:
@@ -105,8 +106,8 @@ class ProgressCallback(TrainerCallback):
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs: Any):
         if self.evaluating is None:
             total = len(eval_dataloader) if eval_dataloader is not None else 0
-            self.evaluating = Progress("evaluation", total, "batches", self.every, stream=self.stream)
-        self.evaluating.update()
+            self.evaluating = Progress("evaluation", total, unit="batches", every=self.every, stream=self.stream)
+        self.evaluating.update(1)
 
     def on_evaluate(self, args, state, control, **kwargs: Any):
         if self.evaluating is not None:
@@ -139,7 +140,7 @@ def datasets_bars_off() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def announce(what: str, device: str, precision: str, threads: int, stream: IO[str] | None = None) -> str:
+def announce(what: str, device: str, *, precision: str, threads: int, stream: IO[str] | None = None) -> str:
     """One line when a stage starts: where it runs, in which precision, on how many threads."""
     where = f"{device} ({cpu_name()})" if device == "cpu" else device
     line = f"{what}: device {where}, precision {precision}, {threads} threads"

@@ -55,7 +55,7 @@ class TrialSeededTPE(BaseSampler):
     distinct and each one reproducible.
     """
 
-    def __init__(self, seed: int, first_params: dict[str, float] | None = None) -> None:
+    def __init__(self, seed: int, *, first_params: dict[str, float] | None = None) -> None:
         self._seed = seed
         self._tpe = TPESampler(seed=seed)
         # trial 0 takes these (the recipe's own T and alpha, the search's baseline): trial numbers

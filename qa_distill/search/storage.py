@@ -57,7 +57,7 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     retry(study, trial)
 
 
-def rdb_storage(url: str, attempts: int = 3) -> RDBStorage:
+def rdb_storage(url: str, *, attempts: int = 3) -> RDBStorage:
     """Optuna's storage with heartbeats, so a trial whose worker died is failed and retried.
 
     Workers started together on a new database race to create its tables; the losers retry
@@ -80,7 +80,7 @@ def open_study(
     study_name: str,
     storage: str,
     sampler_seed: int,
-    pruner: BasePruner | None = None,
+    *, pruner: BasePruner | None = None,
     first_params: dict[str, float] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it to resume or to join other workers; its objective is named
@@ -90,7 +90,7 @@ def open_study(
         storage=rdb_storage(storage),
         load_if_exists=True,
         direction="maximize",
-        sampler=TrialSeededTPE(sampler_seed, first_params),
+        sampler=TrialSeededTPE(sampler_seed, first_params=first_params),
         pruner=pruner or MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
     with warnings.catch_warnings():

@@ -88,7 +88,7 @@ class Objective:
             trial.set_user_attr(key, value)
         with trial_run(config, trial):
             p = dataclasses.replace(self.prepared, config=config, student=load_student(config))
-            metrics = train_distill(p, self.teacher, [PruningCallback(trial)], log_model=False)
+            metrics = train_distill(p, self.teacher, callbacks=[PruningCallback(trial)], log_model=False)
             trial.set_user_attr("exact_match", metrics["exact_match"])
             return metrics["f1"]
 
@@ -134,7 +134,7 @@ def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str
     if data.dev_questions is None or not objective.holds(summary["best_trial"]):
         return {}
     full = dataclasses.replace(data, dev_questions=None)
-    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, "fp32")  # the reference
+    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, backend="fp32")  # the reference
     result = {"best_full_dev_f1": scores["f1"], "best_full_dev_exact_match": scores["exact_match"],
               "full_dev_questions": scores["dev_questions"]}
     mlflow.log_metrics(result)
@@ -170,7 +170,7 @@ def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[s
     warm_teacher_cache(prepared, teacher)
     k = config.distillation
     baseline = {"temperature": k.temperature, "alpha": k.alpha} if space.contains(k.temperature, k.alpha) else None
-    study = open_study(study_name, storage, search.sampler_seed, pruner, baseline)
+    study = open_study(study_name, storage, search.sampler_seed, pruner=pruner, first_params=baseline)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     # a worker killed mid-study never ended its parent run; its trial is retried by Optuna

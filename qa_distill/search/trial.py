@@ -54,7 +54,7 @@ def trial_run(config: RunConfig, trial: optuna.Trial) -> Iterator[mlflow.ActiveR
     # role "search-trial" keeps trials out of the recipe's teacher/student/distilled table
     tags = {"optuna_study": trial.study.study_name, "optuna_trial_number": str(trial.number),
             "role": "search-trial"}
-    with tracking.mlflow_run(config, f"trial-{trial.number}", nested=True, tags=tags) as run:
+    with tracking.mlflow_run(config, run_name=f"trial-{trial.number}", nested=True, tags=tags) as run:
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         mlflow.log_params(trial.params)
         try:

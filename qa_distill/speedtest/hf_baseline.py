@@ -35,7 +35,7 @@ class HFPipelineBaseline:
     Only the inputs the model accepts are passed (a DistilBERT gets no token_type_ids).
     """
 
-    def __init__(self, source: str, max_answer_len: int = 15, align_to_words: bool = True) -> None:
+    def __init__(self, source: str, *, max_answer_len: int = 15, align_to_words: bool = True) -> None:
         loaded = load_qa_model(source)
         self.model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
         self.params = sum(p.numel() for p in self.model.parameters())

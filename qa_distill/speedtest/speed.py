@@ -161,8 +161,8 @@ def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: S
         if speed.hf_baseline:
             answerers[name, BASELINE] = HFPipelineBaseline(path)
         for backend in backends:
-            answerers[name, backend] = QAPredictor(path, backend, batch_size=batch_size)
-    timings = measure(answerers, questions, speed.warmup, batch_size)
+            answerers[name, backend] = QAPredictor(path, backend=backend, batch_size=batch_size)
+    timings = measure(answerers, questions, warmup=speed.warmup, batch_size=batch_size)
     results = [
         _result(name, backend, timings[name, backend], answerer, size_mb=model_size_mb(paths[name], answerer),
                 questions=questions, batch_size=batch_size, threads=threads)
@@ -236,7 +236,7 @@ def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None)
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         mlflow.log_params({f"speed.{key}": value for key, value in settings.items()})
-        announce(run_name, "cpu", "/".join(speed.backends), speed.threads)
+        announce(run_name, "cpu", precision="/".join(speed.backends), threads=speed.threads)
         results = time_models(paths, sample, speed)
         df = results_table(results)
         df.insert(1, "version", [versions[name].label if name in versions else "" for name in df["model"]])
@@ -246,8 +246,8 @@ def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None)
             for row in df.to_dict("records")
             for figure in LATENCY_FIGURES
         })
-        tag_versions(versions, df, run.info.run_id, cpu, speed.threads)
-        tables = write_tables(df, stem, _FORMATS)
+        tag_versions(versions, df, run.info.run_id, cpu=cpu, threads=speed.threads)
+        tables = write_tables(df, stem, formats=_FORMATS)
         answers = stem.with_name(stem.name + "-answers.json")
         answers.write_text(json.dumps({f"{r.model}.{r.backend}": r.answers for r in results}))
         for path in (*tables, answers):

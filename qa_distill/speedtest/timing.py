@@ -29,7 +29,7 @@ class Answerer(Protocol):
     def answer_batch(self, questions: list[str], contexts: list[str]) -> list[str]: ...
 
 
-def in_turns(keys: Sequence[K], items: Iterable[T], first: int = 0) -> Iterator[tuple[K, T]]:
+def in_turns(keys: Sequence[K], items: Iterable[T], *, first: int = 0) -> Iterator[tuple[K, T]]:
     """(key, item) for every item and every key, item by item, the keys taking turns: on the
     i-th item the order starts `first + i` keys along, so no key is always first or last."""
     keys = list(keys)
@@ -51,6 +51,7 @@ class Timing:
 def measure(
     answerers: dict[K, Answerer],
     questions: list[dict[str, Any]],
+    *,
     warmup: int,
     batch_size: int,
 ) -> dict[K, Timing]:
@@ -67,7 +68,7 @@ def measure(
             answerer.answer_batch([q["question"]], [q["context"]])
     timings = {key: Timing() for key in answerers}
     blocks = [questions[lo : lo + batch_size] for lo in range(0, len(questions), batch_size)]
-    progress = Progress("speed test", len(answerers) * len(questions), "questions")
+    progress = Progress("speed test", len(answerers) * len(questions), unit="questions")
     for key, block in in_turns(list(answerers), blocks):
         answerer, timing = answerers[key], timings[key]
         for q in block:

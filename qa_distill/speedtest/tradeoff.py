@@ -131,7 +131,7 @@ def log_to_run_and_parent(paths: list[Path]) -> None:
             MlflowClient().log_artifact(parent, str(path))
 
 
-def plot_speed_table(speed_csv: str | Path, stem: Path | None = None) -> list[Path]:
+def plot_speed_table(speed_csv: str | Path, *, stem: Path | None = None) -> list[Path]:
     """The trade-off plot of a written speed table (`<x>-speed.csv` -> `<x>-tradeoff.png|html`),
     logged to the active run and its parent when a run is active."""
     speed_csv = Path(speed_csv)

@@ -61,7 +61,7 @@ def pin_versions(models: dict[str, str]) -> tuple[dict[str, str], dict[str, Mode
     return pinned, versions
 
 
-def latency_tags(rows: pd.DataFrame, run_id: str, cpu: str, threads: int) -> dict[str, str]:
+def latency_tags(rows: pd.DataFrame, run_id: str, *, cpu: str, threads: int) -> dict[str, str]:
     """The tags of one model's speed-table rows (one per backend)."""
     tags = {
         f"{PREFIX}{row['backend']}.{figure}": f"{float(row[figure]):.6g}"
@@ -72,16 +72,16 @@ def latency_tags(rows: pd.DataFrame, run_id: str, cpu: str, threads: int) -> dic
 
 
 def tag_versions(
-    versions: dict[str, ModelVersionRef], table: pd.DataFrame, run_id: str, cpu: str, threads: int
+    versions: dict[str, ModelVersionRef], table: pd.DataFrame, run_id: str, *, cpu: str, threads: int
 ) -> None:
     """Write each measured version's figures from the speed table onto it."""
     client = MlflowClient()
     for name, ref in versions.items():
-        for key, value in latency_tags(table[table["model"] == name], run_id, cpu, threads).items():
+        for key, value in latency_tags(table[table["model"] == name], run_id, cpu=cpu, threads=threads).items():
             client.set_model_version_tag(ref.name, ref.version, key, value)
 
 
-def run_latency(run_id: str, figure: str = "p50_ms") -> dict[str, object]:
+def run_latency(run_id: str, *, figure: str = "p50_ms") -> dict[str, object]:
     """`version` (name/number) of the newest version registered from a training run, and its
     `<backend>_<figure>` tags as numbers; empty if the run registered none."""
     found = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
@@ -96,10 +96,10 @@ def run_latency(run_id: str, figure: str = "p50_ms") -> dict[str, object]:
     return out
 
 
-def with_latency(results: pd.DataFrame, figure: str = "p50_ms") -> pd.DataFrame:
+def with_latency(results: pd.DataFrame, *, figure: str = "p50_ms") -> pd.DataFrame:
     """Per-model results (a `run_id` column) with their registered version and its latency per
     backend beside them, read from the version's tags; rows without a version stay as they are."""
     if results.empty:
         return results
-    extra = pd.DataFrame([run_latency(run_id, figure) for run_id in results["run_id"]], index=results.index)
+    extra = pd.DataFrame([run_latency(run_id, figure=figure) for run_id in results["run_id"]], index=results.index)
     return pd.concat([results, extra], axis=1)

@@ -67,7 +67,7 @@ def _artifact_root(uri: str) -> str | None:
 @contextmanager
 def mlflow_run(
     config: RunConfig,
-    run_name: str | None = None,
+    *, run_name: str | None = None,
     nested: bool = False,
     tags: dict | None = None,
     run_id: str | None = None,
@@ -99,7 +99,7 @@ def _param(value: Any) -> str:
     return "" if value is None else str(value)[:6000]
 
 
-def log_dataset(dataset: Dataset, source: str, fingerprint: str, context: str) -> None:
+def log_dataset(dataset: Dataset, source: str, *, fingerprint: str, context: str) -> None:
     """Record which data the active run used (the UI's Datasets column): name, source and content
     fingerprint as digest, schema and row count; only this description, never the rows."""
     from mlflow.data.dataset_source_registry import get_dataset_source_from_json

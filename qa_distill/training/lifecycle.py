@@ -141,7 +141,7 @@ class Checkpointing(TrainerCallback):
     the loop (evaluation at the end, logging) and on a second signal, Interrupted is raised at once.
     """
 
-    def __init__(self, run_id: str, identity: dict[str, str], base_seconds: float, save_minutes: float | None):
+    def __init__(self, run_id: str, identity: dict[str, str], base_seconds: float, *, save_minutes: float | None):
         self.run_id = run_id
         self.identity = identity
         self.base_seconds = base_seconds
@@ -235,7 +235,8 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
     """
     if not is_main_process():
         resume = resume_point(config, identity)
-        stopper = Checkpointing("", identity, resume.train_seconds if resume else 0.0, config.training.save_minutes)
+        stopper = Checkpointing("", identity, resume.train_seconds if resume else 0.0,
+                                save_minutes=config.training.save_minutes)
         with _signals_to(stopper.handle):
             yield Life(None, resume, stopper)
         return
@@ -250,7 +251,7 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
     tags = {PROCESS_TAG: process_tag()} | ({"resumed_from": str(resume.path)} if resume else {})
     with tracking.mlflow_run(config, tags=tags, run_id=run_id) as run:
         stopper = Checkpointing(run.info.run_id, identity, resume.train_seconds if resume else 0.0,
-                                config.training.save_minutes)
+                                save_minutes=config.training.save_minutes)
         if resume:
             log.warning("resuming run %s from %s", run.info.run_id, resume.path)
         try:

@@ -45,7 +45,7 @@ def check_output_dir(output_dir: str, model_bytes: int) -> None:
         )
 
 
-def connect(config: TrackingConfig, timeout: float = 10.0) -> str:
+def connect(config: TrackingConfig, *, timeout: float = 10.0) -> str:
     """Point MLflow at the configured store once it answers; returns its URI.
 
     Called before any `models:/` or `runs:/` source is resolved, so those resolve in the

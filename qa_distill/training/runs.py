@@ -63,9 +63,11 @@ def prepare(config: RunConfig) -> Prepared:
         config, train=train.fingerprint, dev=dev.fingerprint, student=model_fingerprint(student.model)
     )
     with main_process_first():  # one process tokenises, the others read its cache files
-        train_features = build_features(train, student.tokenizer, d.max_length, d.doc_stride, "train", d.cache_dir)
+        train_features = build_features(train, student.tokenizer, max_length=d.max_length, doc_stride=d.doc_stride,
+                                        kind="train", cache=d.cache_dir)
         dev_features = group_by_length(
-            build_features(dev, student.tokenizer, d.max_length, d.doc_stride, "eval", d.cache_dir)
+            build_features(dev, student.tokenizer, max_length=d.max_length, doc_stride=d.doc_stride, kind="eval",
+                           cache=d.cache_dir)
         )
     notes = {
         "train_source": train.source,
@@ -89,20 +91,21 @@ def load_student(config: RunConfig) -> LoadedModel:
     """A new student with a seeded QA head: one per run, and one per search trial."""
     set_seed(config.training.seed)  # the new QA head's initial weights
     m = config.model
-    return load_qa_model(m.name, m.layer_stride, m.attention_dropout, m.hidden_dropout)
+    return load_qa_model(m.name, layer_stride=m.layer_stride, attention_dropout=m.attention_dropout,
+                         hidden_dropout=m.hidden_dropout)
 
 
 def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, Any]:
     t = p.config.training
     return {
         "model": p.student.model,
-        "args": training_arguments(t, p.config.output_dir, p.precision),
+        "args": training_arguments(t, p.config.output_dir, precision=p.precision),
         "train_dataset": p.train_features,
         "eval_dataset": p.dev_features,
         "eval_examples": p.dev_examples,
         "processing_class": p.student.tokenizer,
         "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
-        "callbacks": [tracking.MlflowMetrics(), ProgressCallback(t.progress_seconds), *callbacks],
+        "callbacks": [tracking.MlflowMetrics(), ProgressCallback(every=t.progress_seconds), *callbacks],
         "answers": p.config.answers,
     }
 
@@ -126,9 +129,12 @@ def _train_and_log(
         notes = p.data_notes | {"precision": p.precision, "processes": world_size()}
         tracking.log_new_params({f"run.{k}": v for k, v in notes.items()})
         for split, examples, context in (("train", p.train_examples, "training"),
-                                         ("dev", p.dev_examples, "evaluation")):
-            tracking.log_dataset(examples, notes[f"{split}_source"], notes[f"{split}_fingerprint"], context)
-    announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), p.precision, torch.get_num_threads())
+                                         ("dev", p.dev_examples,
+                                          "evaluation")):
+            tracking.log_dataset(examples, notes[f"{split}_source"], fingerprint=notes[f"{split}_fingerprint"],
+                                 context=context)
+    announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), precision=p.precision,
+             threads=torch.get_num_threads())
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = life.checkpointing.train_seconds() if life else time.perf_counter() - began
@@ -161,7 +167,7 @@ def _train_and_log(
     return metrics
 
 
-def run_finetune(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
+def run_finetune(config: RunConfig, *, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
     """The `teacher` and `student` entry points: plain fine-tuning on gold answers.
 
     Launched as several processes, the main one returns the results; the others None.
@@ -184,18 +190,19 @@ class Teacher:
 def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
     """The fine-tuned teacher, checked to tokenize exactly as the student does."""
     loaded = load_qa_model(config.distillation.teacher)
-    check_compatible(loaded.tokenizer, student.tokenizer, loaded.model.get_input_embeddings().num_embeddings)
+    embeddings = loaded.model.get_input_embeddings().num_embeddings
+    check_compatible(loaded.tokenizer, student.tokenizer, teacher_embeddings=embeddings)
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
 def teacher_logits(
-    p: Prepared, teacher: Teacher, device: torch.device | None = None
+    p: Prepared, teacher: Teacher, *, device: torch.device | None = None
 ) -> tuple[TeacherLogits, bool]:
     """The teacher's cached logits over this run's training windows, computed if absent on
     `device` (default: the one the Trainer trains on); launched as several processes, the main one
     computes them while the others wait."""
     d, k = p.config.data, p.config.distillation
-    device = device or training_arguments(p.config.training, p.config.output_dir, p.precision).device
+    device = device or training_arguments(p.config.training, p.config.output_dir, precision=p.precision).device
     with main_process_first():
         return load_or_compute(
             cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
@@ -205,7 +212,7 @@ def teacher_logits(
 
 
 def make_distill_trainer(
-    p: Prepared, teacher: Teacher, callbacks: list[TrainerCallback] | None = None
+    p: Prepared, teacher: Teacher, *, callbacks: list[TrainerCallback] | None = None
 ) -> tuple[DistillationTrainer, dict[str, Any]]:
     """A distillation trainer on the shared teacher-logits cache (or the teacher on the fly)."""
     k = p.config.distillation
@@ -213,7 +220,7 @@ def make_distill_trainer(
     kwargs = _trainer_kwargs(p, callbacks or [])
     if k.teacher_cache:
         began = time.perf_counter()
-        logits, computed = teacher_logits(p, teacher, kwargs["args"].device)  # the training device
+        logits, computed = teacher_logits(p, teacher, device=kwargs["args"].device)  # the training device
         info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,
                 "teacher_cache_seconds": time.perf_counter() - began}
         kwargs["teacher_logits"] = logits
@@ -228,7 +235,7 @@ def make_distill_trainer(
     return trainer, info
 
 
-def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
+def run_distill(config: RunConfig, *, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
     """The `distill` entry point: fine-tuning with the teacher's soft targets in the loss.
 
     Launched as several processes, the main one returns the results; the others None.
@@ -238,14 +245,14 @@ def run_distill(config: RunConfig, callbacks: list[TrainerCallback] | None = Non
     teacher = load_teacher(config, p.student)
     identity = p.identity | {"fingerprint.teacher": teacher.fingerprint}
     with lifecycle.training_run(config, identity) as life:
-        metrics = train_distill(p, teacher, [*life.callbacks, *(callbacks or [])], life=life)
+        metrics = train_distill(p, teacher, callbacks=[*life.callbacks, *(callbacks or [])], life=life)
         return {**metrics, "run_id": life.run_id} if life.run_id else None
 
 
 def train_distill(
     p: Prepared,
     teacher: Teacher,
-    callbacks: list[TrainerCallback] | None = None,
+    *, callbacks: list[TrainerCallback] | None = None,
     log_model: bool = True,
     life: lifecycle.Life | None = None,
 ) -> dict[str, Any]:
@@ -253,7 +260,7 @@ def train_distill(
     main = is_main_process()
     if main:
         mlflow.set_tags({"teacher_uri": teacher.source, "teacher_fingerprint": teacher.fingerprint})
-    trainer, info = make_distill_trainer(p, teacher, callbacks)
+    trainer, info = make_distill_trainer(p, teacher, callbacks=callbacks)
     if "teacher_cache_key" in info and main:
         mlflow.set_tag("teacher_cache_key", info["teacher_cache_key"])
     seconds = {"teacher_cache_seconds": info["teacher_cache_seconds"]} if info else {}

@@ -52,7 +52,7 @@ class TeacherLogits:
 
 
 def cache_key(teacher_fingerprint: str, features: Dataset, max_length: int, precision: str,
-              layout: int = FORMAT) -> str:
+              *, layout: int = FORMAT) -> str:
     text = f"{teacher_fingerprint}:{features._fingerprint}:{len(features)}:{max_length}:{precision}"
     if layout > 1:  # format 1's keys named no format
         text += f":format{layout}"
@@ -96,7 +96,7 @@ def _compute(
     columns = ["input_ids", "attention_mask", "token_type_ids"]
     order = np.argsort(np.asarray(features["length"]), kind="stable")
     teacher.to(device).eval()  # and stays there: on the fly, the trainer runs it on the same device
-    progress = Progress("teacher logits", n, "windows")
+    progress = Progress("teacher logits", n, unit="windows")
     for lo in range(0, n, batch_size):
         rows = order[lo : lo + batch_size]
         batch = collate(features.select(rows).select_columns(columns).to_list())

@@ -26,7 +26,7 @@ from qa_distill.training.losses import distillation_loss
 from qa_distill.training.teacher_cache import TeacherLogits, teacher_forward
 
 
-def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:
+def resolve_precision(precision: str, *, cpu_has_bf16: bool | None = None) -> str:
     """`auto`: bf16 where the hardware runs it natively, else fp32 (fp16 only when asked).
 
     `cpu_has_bf16` None asks the CPU's flags (on AVX2-only CPUs bf16 runs many times slower).
@@ -40,7 +40,7 @@ def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:
     return "bf16" if torch.backends.mkldnn.is_available() and cpu_has_bf16 else "fp32"
 
 
-def training_arguments(config: TrainingConfig, output_dir: str, precision: str) -> TrainingArguments:
+def training_arguments(config: TrainingConfig, output_dir: str, *, precision: str) -> TrainingArguments:
     each_epoch = "epoch" if config.eval_each_epoch else "no"
     return TrainingArguments(
         output_dir=output_dir,
