@@ -74,7 +74,7 @@ def test_padding_and_bf16_keep_the_fp32_answers(tiny_model, questions, fp32_answ
 
 
 def test_int8_answers_every_question(tiny_model, questions, fp32_answers):
-    # Random weights are not a trained model (the lead checks int8 F1 on the trained one):
+    # Random weights are not a trained model (int8's F1 on trained ones is experiments/backend_accuracy.py's):
     # here it must answer everything, and not be noise (half the answers the same as fp32).
     int8 = _answers(QAPredictor(tiny_model, backend="int8"), questions)
     assert all(a and a in q["context"] for a, q in zip(int8, questions, strict=True))

@@ -115,8 +115,8 @@ def test_a_failed_build_leaves_nothing_and_a_finished_one_is_not_overwritten(tmp
 
 
 def test_a_cache_an_earlier_version_wrote_without_checksums_is_computed_again(setup, tmp_path):
-    # What the cpu chain met after the checksums came in: a format-1 cache of the same teacher
-    # and windows (no sha256 in meta.json) was refused as damaged after half an hour of training.
+    # A format-1 cache of the same teacher and windows (no sha256 in meta.json, as written before
+    # checksums) is another key, computed again, not refused as damaged after training started.
     teacher, feats = setup
     fp = model_fingerprint(teacher.model)
     fresh, _ = load_or_compute(tmp_path / "fresh", teacher.model, fp, teacher.tokenizer, feats, **WINDOWS)
