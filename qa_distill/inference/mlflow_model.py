@@ -3,7 +3,7 @@
 transformers 5 has no question-answering pipeline, so the `transformers` flavour cannot log one;
 this pyfunc wraps the HF model directory with our own predictor (same windows and
 post-processing as evaluation). Input: a DataFrame (or records) with string columns `question`
-and `context`; output: one answer per row; param `backend` (fp32, fp32-maxpad, bf16, int8), one
+and `context`; output: one answer per row; param `backend` (a name of `qa_distill/backends.py`'s table), one
 predictor per backend, built on first use. A bad request raises an `MlflowException` with a
 one-line message, which `mlflow models serve` answers with HTTP 400 (any other exception would
 come back with its traceback). A context longer than `max_context_words` (model config, saved
