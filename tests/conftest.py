@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,17 @@ def compiled_models() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QA_DISTILL_COMPILE", "1")
         yield
+
+
+RUN_CONTEXT = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a process a test starts: this one's, without the MLflow run and
+    experiment an earlier test's `set_experiment` or launched run left in `os.environ` (the child
+    would log into an experiment its own store does not have), plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if k not in RUN_CONTEXT}
+    return {**env, **overrides}
 
 
 def minilm_path() -> str:

@@ -15,6 +15,8 @@ from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
 from qa_distill.training import preflight
 
+from .conftest import child_env
+
 WORKTREE = Path(__file__).resolve().parents[1]
 DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
 
@@ -31,7 +33,7 @@ def test_a_config_error_comes_before_the_training_stack_is_imported():
             "code = main(argv=['distill', '--set', 'distillation.temperature=inf']); "
             "print(code, 'torch' in sys.modules, 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(WORKTREE)})
+                         env=child_env(PYTHONPATH=str(WORKTREE)))
     assert out.stdout.split() == ["2", "False", "False"]
     assert "distillation.temperature must be a finite number > 0, got inf" in out.stderr
 

@@ -13,6 +13,8 @@ from qa_distill.recipes import load_config
 from qa_distill.runtime import distributed
 from qa_distill.training.runs import run_distill
 
+from .conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 # Two processes of 8 windows and one of 16 take the same optimizer steps when: dropout is off;
 # the windows fill whole batches (128 questions of one 192-token window each); and the HF
@@ -33,10 +35,8 @@ def test_a_single_process_is_the_main_one_and_never_waits():
 
 
 def _launch(processes: int, overrides: list[str], data: Path, teacher: str, out: Path, uri: str):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment in this process sets the id
-        env.pop(leaked, None)
+    env = child_env(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1",
+                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "qa_distill.cli", "distill", "--recipe", "cpu", "--data", str(data), "--teacher", teacher,
                "--output-dir", str(out), "--set", " ".join(overrides)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from qa_distill.inference.predictor import QAPredictor
+
+from .conftest import child_env
 
 pytestmark = pytest.mark.slow  # two processes import torch and mlflow; one logs a model
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +62,13 @@ def flat_model(tiny_bert, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("flat")
     old = _flat_package(root / "old")
     store = f"sqlite:///{root / 'mlflow.db'}"
-    env = {**os.environ, "PYTHONPATH": str(old), "MLFLOW_TRACKING_URI": store}
+    env = child_env(PYTHONPATH=str(old), MLFLOW_TRACKING_URI=store)
     _run(LOG, tiny_bert, str(old), env=env, cwd=root)
     return store
 
 
 def test_a_fresh_process_answers_with_the_flat_code_bundled_with_the_model(flat_model, tiny_bert, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": flat_model}
+    env = child_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=flat_model)
     out = json.loads(_run(LOAD, json.dumps(ROWS), env=env, cwd=tmp_path).splitlines()[-1])
     assert "/code/qa_distill/" in out["package"]  # the model's own copy, not today's package
     # the same answers as today's predictor: the move changed no numbers

@@ -20,6 +20,8 @@ import yaml
 from qa_distill.cli import main
 from qa_distill.training.lifecycle import SEAL
 
+from .conftest import child_env
+
 WORKTREE = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +45,7 @@ def _command(recipe: Path, out: Path) -> list[str]:
 
 
 def _start(recipe: Path, out: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
+    env = child_env(PYTHONPATH=str(WORKTREE))
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "qa_distill.cli", *_command(recipe, out)],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)

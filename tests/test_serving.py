@@ -25,7 +25,7 @@ from qa_distill.config import BACKENDS
 from qa_distill.inference.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
 from qa_distill.inference.predictor import QAPredictor
 
-from .conftest import DEV_JSON
+from .conftest import DEV_JSON, child_env
 
 pytestmark = pytest.mark.slow  # logging the model runs it once; the server takes a minute to start
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +96,8 @@ def server(logged):
     """`mlflow models serve --env-manager local` on the registered version; its URL and log."""
     port, log = _free_port(), logged["root"] / "serve.log"
     bin_dir = Path(sys.executable).parent  # mlflow's CLI, and the uvicorn it runs, in this environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["tracking_uri"], "PYTHONPATH": str(ROOT),
-           "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+    env = child_env(MLFLOW_TRACKING_URI=logged["tracking_uri"], PYTHONPATH=str(ROOT),
+                    PATH=os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]))
     mlflow_cli = bin_dir / "mlflow"
     with open(log, "w") as out:
         process = subprocess.Popen(

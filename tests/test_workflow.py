@@ -4,7 +4,6 @@ and runs that `mlflow run` launches land in the configured experiment (qa_distil
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from qa_distill.tracking import runs as tracking
 from qa_distill.tracking.launched_run import MOVED_TO
 from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
 
+from .conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "recipes" / "tiny.yaml"
 TRAINING = ("teacher", "student", "distill")
@@ -25,9 +26,7 @@ TRAINING = ("teacher", "student", "distill")
 
 def _mlflow_run(uri: str, tmp_path: Path, *args: str) -> dict:
     """`mlflow run <project> ...` as a user types it (this checkout's code first on the path)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # set_experiment sets the id
-        env.pop(leaked, None)
+    env = child_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         ["mlflow", "run", str(ROOT), "--env-manager", "local", *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
