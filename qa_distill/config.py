@@ -225,10 +225,13 @@ class WorkflowConfig:
     data: str = setting("", "hub name, local directory or SQuAD JSON for every training step")
     overrides: str = setting("", "space-separated SECTION.KEY=VALUE, for every step")
     output_dir: str = setting("", "root of the steps' output directories (<root>/teacher, ...)")
-    results_dir: str = setting("", "where speedtest and report write their tables (default experiments/results)")
+    results_dir: str = setting("", "where speedtest and report write their tables (default experiments/results "
+                                   "at a committed recipe's full budget, else <output root>/results)")
     experiment: str = setting("", "MLflow experiment (default: the recipe's tracking.experiment)")
-    speed_questions: int = setting(1000, "dev questions of the speed test")
-    backends: str = setting("", "speed test backends, a space-separated subset of " + " ".join(BACKENDS))
+    speed_questions: int = setting(0, "dev questions of the speed test (0: the recipe's speed.questions, at "
+                                      "most the dev questions of a test-sized chain)")
+    backends: str = setting("", "speed test backends, a space-separated subset of " + " ".join(BACKENDS)
+                                + " (default: the recipe's; fp32 only for a test-sized chain)")
     threads: int = setting(2, "CPU threads of the speed test")
     dev_json: str = setting("", "SQuAD JSON of the speed test's questions (default: the official dev set)")
 

@@ -1,4 +1,5 @@
-"""Every error a user can cause is one line from the CLI, found before compute; -v adds the traceback."""
+"""Every error a user can cause is one line from the CLI, found before compute (every entry point:
+a bad setting is refused before any model loads, in seconds); -v adds the traceback."""
 
 from __future__ import annotations
 
@@ -119,3 +120,39 @@ def test_models_uri_resolves_in_the_project_store_from_any_folder(tmp_path, tiny
     assert out.returncode == 0, out.stderr[-2000:]
     assert "answer" in json.loads(out.stdout.strip().splitlines()[-1])
     assert not (elsewhere / "mlflow.db").exists()
+
+
+TINY = str(WORKTREE / "tests" / "recipes" / "tiny.yaml")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["main", "--recipe", TINY, "--backends", "int4"], "speedtest step: unknown backend(s) ['int4']"),
+    (["teacher", "--set", "data.doc_stride=500"], "data.doc_stride (500) must be below data.max_length"),
+    (["student", "--set", "model.layer_stride=0"], "model.layer_stride must be >= 1, got 0"),
+    (["distill", "--alpha", "2"], "distillation.alpha must be in [0, 1], got 2"),
+    (["search", "--set", "search.alpha_range=[0.9, 0.1]"], "search ranges need low <= high"),
+    (["speedtest", "--backends", "int4"], "unknown backend(s) ['int4']"),
+    (["predict", "--model", "m", "--question", "q", "--context", "c", "--backend", "int4"], "invalid choice: 'int4'"),
+    (["evaluate", "--model", "m", "--dev-questions", "0"], "--dev-questions: must be > 0"),
+    (["report", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["score", "/no/such/dev.json", "/no/such/predictions.json"], "No such file or directory"),
+], ids=lambda value: value[0] if isinstance(value, list) else "")
+def test_every_entry_point_refuses_a_bad_setting_before_any_model_loads(argv, message, tracking_uri, monkeypatch,
+                                                                       capsys):
+    import time
+
+    from transformers import PreTrainedModel
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad setting was refused")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(loaded))
+    began = time.perf_counter()
+    try:
+        code = main(argv=argv)
+    except SystemExit as stop:  # argparse's own refusal
+        code = stop.code
+    assert time.perf_counter() - began < 10
+    assert code in (1, 2)  # 2: bad input; 1 (score): a missing file
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -3,12 +3,17 @@ compiled from, any shape, cached by what it depends on, and the model itself whe
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from qa_distill.errors import ConfigError
 from qa_distill.inference import compiled
 from qa_distill.inference.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs
 from qa_distill.models import input_names, load_qa_model
@@ -43,7 +48,8 @@ def test_compiled_logits_equal_the_uncompiled_graphs_on_other_shapes(kind, preci
                 assert compiled.relative_error(ours, theirs) <= compiled.TOLERANCE[precision]
 
 
-def test_a_second_load_takes_the_cached_library_keyed_by_weights_precision_and_threads(tiny_distilbert, monkeypatch):
+def test_a_second_load_takes_the_cached_library_keyed_by_weights_and_precision_not_threads(tiny_distilbert,
+                                                                                           monkeypatch):
     model = _model(tiny_distilbert, "int8")
     names = input_names(model)
     first = compile_logits(model, names, model.config.vocab_size, "int8")
@@ -61,9 +67,10 @@ def test_a_second_load_takes_the_cached_library_keyed_by_weights_precision_and_t
     with torch.no_grad():
         model.qa_outputs.bias += 1  # other weights
     keys.add(compiled.library_key(model, names, "fp32"))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # compiled into the parallel loops
-    keys.add(compiled.library_key(model, names, "fp32"))
-    assert len(keys) == 4
+    assert len(keys) == 3
+    # the loops take the running process's threads: a 1-thread build serves a 2-thread server
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
+    assert compiled.library_key(model, names, "fp32") in keys
 
 
 def test_a_failed_compile_runs_the_model_uncompiled_and_caches_nothing(tiny_distilbert, monkeypatch, tmp_path):
@@ -136,3 +143,81 @@ def test_what_a_killed_build_left_is_removed_by_the_next_build(tiny_distilbert, 
     with pytest.warns(UserWarning, match="runs uncompiled"):
         compile_logits(model, input_names(model), model.config.vocab_size, "fp32")
     assert list((tmp_path / "compiled").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def good_library(tiny_distilbert) -> Path:
+    """A library of the tiny DistilBERT at int8, built (or found) in the session's cache."""
+    model = _model(tiny_distilbert, "int8")
+    forward = compile_logits(model, input_names(model), model.config.vocab_size, "int8")
+    assert isinstance(forward, CompiledLogits) and compiled.damage(forward.path) is None
+    return forward.path
+
+
+def _copy_into(library: Path, cache: Path, key: str) -> Path:
+    """`library` and a build record of its own in `cache` under `key`, as a build writes them."""
+    target = cache / "compiled" / f"{key}.pt2"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(library, target)
+    record = json.loads(library.with_suffix(".json").read_text()) | {"key": key}
+    target.with_suffix(".json").write_text(json.dumps(record))
+    return target
+
+
+def _building_from(library: Path, monkeypatch) -> list[str]:
+    """Builds that copy `library` (what compiling this model makes) instead of taking a minute, and
+    a list of the SHA-256 of every file loaded, filled as they load."""
+    loaded: list[str] = []
+    load = torch._inductor.aoti_load_package
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
+                        lambda program, package_path, **kwargs: shutil.copyfile(library, package_path))
+    monkeypatch.setattr(torch._inductor, "aoti_load_package",
+                        lambda path: (loaded.append(compiled._sha256(Path(path))), load(path))[1])
+    return loaded
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "SHA-256 differs"),
+    (lambda path: (path.write_bytes(os.urandom(4096)), path.with_suffix(".json").unlink()), "no build record"),
+])
+def test_a_damaged_library_is_removed_and_rebuilt_never_loaded(damage, why, good_library, tiny_distilbert,
+                                                               tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
+    path = _copy_into(good_library, tmp_path, good_library.stem)
+    damage(path)
+    bad = compiled._sha256(path)
+    loaded = _building_from(good_library, monkeypatch)
+    model = _model(tiny_distilbert, "int8")
+    forward = compile_logits(model, input_names(model), model.config.vocab_size, "int8")
+    assert isinstance(forward, CompiledLogits) and forward.path == path
+    assert bad not in loaded and loaded == [compiled._sha256(good_library)]
+    assert compiled.damage(path) is None  # rebuilt with a fresh record
+    (line,) = [x for x in capfd.readouterr().err.splitlines() if "was not loaded" in x]
+    assert why in line and "removed, compiling it again" in line
+
+
+def test_a_build_past_the_cap_evicts_the_least_recently_used_libraries(good_library, tiny_distilbert, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
+    size = good_library.stat().st_size
+    old, used, newer = (_copy_into(good_library, tmp_path, name) for name in ("old", "used", "newer"))
+    for age, library in ((300, old), (200, used), (100, newer)):
+        os.utime(library.with_suffix(".json"), (0, library.stat().st_mtime - age))
+    model = _model(tiny_distilbert, "int8")
+    names, vocab = input_names(model), model.config.vocab_size
+    monkeypatch.setattr(compiled, "library_key", lambda *args: "used")
+    compile_logits(model, names, vocab, "int8")  # loading marks "used" as just used
+    monkeypatch.setattr(compiled, "library_key", lambda *args: good_library.stem)
+    monkeypatch.setenv("QA_DISTILL_CACHE_GB", str(2.5 * size / 1e9))
+    _building_from(good_library, monkeypatch)
+    compile_logits(model, names, vocab, "int8")  # a fourth library: over the cap of two and a half
+    left = sorted(p.stem for p in (tmp_path / "compiled").glob("*.pt2"))
+    assert left == sorted([good_library.stem, "used"])
+    assert sum(p.stat().st_size for p in (tmp_path / "compiled").iterdir()) <= 2.5 * size
+
+
+def test_a_cache_cap_that_is_not_a_size_is_refused(monkeypatch):
+    for text in ("0", "-1", "lots"):
+        monkeypatch.setenv("QA_DISTILL_CACHE_GB", text)
+        with pytest.raises(ConfigError, match="QA_DISTILL_CACHE_GB must be a number of gigabytes > 0"):
+            compiled.cache_cap_bytes()

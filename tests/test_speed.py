@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -21,6 +22,7 @@ from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.speedtest import speed
 from qa_distill.speedtest.hf_baseline import HFPipelineBaseline
+from qa_distill.speedtest.speed import compile_plan
 
 from .conftest import DEV_JSON, assert_offline_html, minilm_path, save_tiny
 
@@ -304,3 +306,19 @@ def test_random_weight_model_is_distilbert_base(tmp_path, questions):
 def test_predict(tiny_model, questions, fp32_answers):
     q = questions[0]
     assert predict(tiny_model, question=q["question"], context=q["context"]) == fp32_answers[0]
+
+
+def test_compile_plan_counts_one_graph_per_model_and_precision_and_times_it_from_this_cpus_builds(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
+    monkeypatch.setenv("QA_DISTILL_COMPILE", "1")
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    for key, seconds in (("a", 100.0), ("b", 120.0), ("c", 500.0)):  # the median: 120 s a build
+        (cache / f"{key}.pt2").write_bytes(b"")
+        (cache / f"{key}.json").write_text(json.dumps({"key": key, "seconds": seconds, "cpu": cpu_name()}))
+    plan = compile_plan(3, ["fp32", "fp32-maxpad", "bf16"])
+    assert "3 models x 3 backends = 6 compiled graphs (2 per model: aotinductor/bf16, aotinductor/fp32)" in plan
+    assert f"about 12 min on {cpu_name()}" in plan
+    monkeypatch.setenv("QA_DISTILL_COMPILE", "0")
+    assert "nothing to compile" in compile_plan(3, ["fp32", "bf16"])

@@ -4,7 +4,9 @@ and runs that `mlflow run` launches land in the configured experiment (qa_distil
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 
 from qa_distill.cli import main as cli_main
-from qa_distill.config import TrackingConfig
+from qa_distill.config import DEFAULT_BACKENDS, PROJECT_ROOT, RESULTS_DIR, TrackingConfig, WorkflowConfig
 from qa_distill.tracking import runs as tracking
 from qa_distill.tracking.launched_run import MOVED_TO
-from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
+from qa_distill.workflow import KeyInputs, Step, StepResult, dry_run, run_step
 
 from .conftest import child_env
 
@@ -163,3 +165,85 @@ def test_mlflow_run_of_one_entry_point_lands_in_the_project_experiment(tracking_
     assert run.data.tags["role"] == "score" and run.data.metrics["f1"] == result["f1"]
     (stub,) = client.search_runs(["0"])
     assert stub.data.tags[MOVED_TO] == run.info.run_id
+
+
+def _hides_plotly(monkeypatch):
+    """An environment without plotly: no distribution provides the module the code imports."""
+    from qa_distill.inference import requirements
+
+    providers = requirements.packages_distributions()
+    monkeypatch.setattr(requirements, "packages_distributions",
+                        lambda: {k: v for k, v in providers.items() if k != "plotly"})
+
+
+@pytest.mark.parametrize("argv, setup, line", [
+    (["--backends", "int4"], None, "speedtest step: unknown backend(s) ['int4']"),
+    (["--results-dir", "{blocker}/results"], None, "speedtest step: output directory {blocker}/results: {blocker} is a file"),
+    (["--data", "squad"], "offline", "teacher step: data.data 'squad' is a hub dataset that is neither in the local"),
+    (["--set", "model.name=/no/such/model"], None, "teacher step: model.name '/no/such/model': no such model"),
+    ([], "no plotly", "teacher step: the model it logs would not install: no installed distribution provides "
+                      "the module(s) ['plotly']"),
+], ids=["backend", "results-dir", "data-source", "model-source", "requirement"])
+def test_main_refuses_a_bad_setting_of_any_step_in_one_line_before_any_run(
+        argv, setup, line, tracking_uri, tmp_path, tiny_bert, dev_sample, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if setup == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    elif setup == "no plotly":
+        _hides_plotly(monkeypatch)
+    began = time.perf_counter()
+    code = cli_main(argv=["main", "--recipe", str(TINY), "--data", str(dev_sample), "--output-dir",
+                          str(tmp_path / "out"), "--set", f"model.name={tiny_bert}",
+                          *[arg.format(blocker=blocker) for arg in argv]])
+    assert time.perf_counter() - began < 10
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (printed,) = err.strip().splitlines()
+    assert printed.startswith("qa-distill main: error: ") and line.format(blocker=blocker) in printed
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()  # no run, no step
+
+
+def test_a_test_sized_chain_writes_its_tables_beside_its_outputs_and_times_in_proportion(
+        tracking_uri, tmp_path, tiny_bert, dev_sample):
+    plan = dry_run(WorkflowConfig(recipe=str(TINY), data=str(dev_sample), overrides=f"model.name={tiny_bert}",
+                                  output_dir=str(tmp_path / "out")))
+    assert plan.results_stem == tmp_path / "out" / "results" / "tiny"
+    assert str(tmp_path / "out" / "results") in plan.notes[0]
+    assert plan.speed.questions == 8 and plan.speed.backends == ("fp32",)  # the recipe's 8 dev questions
+    assert plan.speed.output == str(tmp_path / "out" / "results" / "tiny-speed")
+    asked = dry_run(WorkflowConfig(recipe=str(TINY), data=str(dev_sample), overrides=f"model.name={tiny_bert}",
+                                   output_dir=str(tmp_path / "out"), speed_questions=3, backends="fp32 bf16"))
+    assert asked.speed.questions == 3 and asked.speed.backends == ("fp32", "bf16")
+
+
+def test_a_committed_recipe_at_its_budget_keeps_the_committed_tables_and_full_speed_test(tracking_uri):
+    plan = dry_run(WorkflowConfig(recipe="cpu"))
+    assert plan.results_stem is None and plan.results_dir == RESULTS_DIR and not plan.notes
+    assert plan.speed.questions == 1000 and plan.speed.backends == DEFAULT_BACKENDS
+    assert plan.output_root == PROJECT_ROOT / "outputs" / "cpu"
+
+
+@pytest.mark.slow
+def test_mlflow_run_of_a_tiny_recipe_alone_runs_to_the_end_and_says_where_its_tables_went(
+        tracking_uri, tmp_path, tiny_bert, dev_sample):
+    """`mlflow run . -P recipe=<tiny recipe>`, no other parameter: what a new user types."""
+    recipe = tmp_path / "tiny-first-hour.yaml"
+    spec = TINY.read_text().replace("data:\n", f"data:\n  data: {dev_sample}\n  cache_dir: {tmp_path / 'cache'}\n", 1)
+    recipe.write_text(spec + f"model:\n  name: {tiny_bert}\n")
+    outputs = PROJECT_ROOT / "outputs" / recipe.stem
+    try:
+        done = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "-P", f"recipe={recipe}"],
+                              env=child_env(MLFLOW_TRACKING_URI=tracking_uri, PYTHONPATH=str(ROOT)), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+        assert result["results"] == str(outputs / "results")
+        assert f"its tables go to {outputs / 'results'}" in done.stderr
+        assert (outputs / "results" / "tiny-first-hour.csv").exists()
+        speed = (outputs / "results" / "tiny-first-hour-speed.csv").read_text()
+        assert "fp32" in speed and "bf16" not in speed  # in proportion: fp32 (and the baseline) only
+        assert not (RESULTS_DIR / "tiny-first-hour.csv").exists()
+    finally:
+        shutil.rmtree(outputs, ignore_errors=True)

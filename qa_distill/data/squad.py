@@ -156,7 +156,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _local_files(config: DataConfig) -> tuple[Path | None, Path | None]:
+def local_files(config: DataConfig) -> tuple[Path | None, Path | None]:
     """Resolve train/dev files from explicit files or from `data` (a directory or one file)."""
     train = Path(config.train_file) if config.train_file else None
     dev = Path(config.dev_file) if config.dev_file else None
@@ -185,7 +185,7 @@ def data_fingerprint(config: DataConfig) -> str:
     or the hub dataset's name."""
     if not is_local(config):
         return config.data
-    return ",".join(file_sha256(path)[:16] if path else "-" for path in _local_files(config))
+    return ",".join(file_sha256(path)[:16] if path else "-" for path in local_files(config))
 
 
 def _subset(split: Split, n: int | None, seed: int) -> Split:
@@ -226,7 +226,7 @@ def load_split(config: DataConfig, name: str) -> Split:
         raise ValueError(name)
     n = config.train_questions if name == "train" else config.dev_questions
     if is_local(config):
-        train, dev = _local_files(config)
+        train, dev = local_files(config)
         split = _local_split(train if name == "train" else dev, name, config)
     else:
         split = _hub_split(config.data, "train" if name == "train" else "validation", config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 import transformers
 
+from qa_distill.backends import SPECS
 from qa_distill.config import (
     DEFAULT_DEV_JSON,
     RESULTS_DIR,
@@ -34,6 +36,7 @@ from qa_distill.config import (
 from qa_distill.data.metrics import squad_scores
 from qa_distill.data.squad import load_questions
 from qa_distill.errors import ConfigError, ModelError
+from qa_distill.inference import compiled
 from qa_distill.inference.predictor import QAPredictor
 from qa_distill.models import load_config, load_tokenizer, resolve_source
 from qa_distill.recipes import validate_speed
@@ -147,6 +150,22 @@ def check_models(models: dict[str, str]) -> dict[str, str]:
     return paths
 
 
+def compile_plan(models: int, backends: list[str]) -> str:
+    """What the speed test builds before timing: one graph per model and (runtime, precision),
+    shared by the backends that differ only in padding (fp32 and fp32-maxpad), and about how long
+    that takes on this CPU where none is cached (`compiled.build_seconds`)."""
+    graphs = {(SPECS[b].runtime, SPECS[b].precision) for b in backends
+              if SPECS[b].runtime != "aotinductor" or compiled.compiling()}
+    builds = models * len(graphs)
+    if not builds:
+        return f"speed test: {models} models x {len(backends)} backends, nothing to compile (QA_DISTILL_COMPILE=0)"
+    minutes = builds * compiled.build_seconds() / 60
+    return (f"speed test: {models} models x {len(backends)} backends = {builds} compiled graphs "
+            f"({len(graphs)} per model: {', '.join('/'.join(g) for g in sorted(graphs))}), about "
+            f"{minutes:.0f} min on {cpu_name()} for those not yet cached "
+            f"({compiled.cache_root('compiled')}); QA_DISTILL_COMPILE=0 skips compiling, answers slower")
+
+
 def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: SpeedConfig) -> list[SpeedResult]:
     """Load every (model, backend) first (`paths` from `check_models`), then time them side by
     side (`measure`).
@@ -156,6 +175,7 @@ def time_models(paths: dict[str, str], questions: list[dict[str, Any]], speed: S
     """
     backends, threads, batch_size = list(speed.backends), speed.threads, speed.batch_size
     torch.set_num_threads(threads)
+    print(compile_plan(len(paths), backends), file=sys.stderr, flush=True)
     answerers: dict[tuple[str, str], Answerer] = {}
     for name, path in paths.items():
         if speed.hf_baseline:
