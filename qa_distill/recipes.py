@@ -120,7 +120,10 @@ def parse_overrides(overrides: Overrides) -> dict[str, dict[str, Any]]:
         section, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. training.epochs=1")
-        nested.setdefault(section, {})[name] = yaml.safe_load(raw) if raw else None
+        try:
+            nested.setdefault(section, {})[name] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value (quote it, no spaces)") from None
     return nested
 
 

@@ -129,13 +129,14 @@ TINY = str(WORKTREE / "tests" / "recipes" / "tiny.yaml")
     (["main", "--recipe", TINY, "--backends", "int4"], "speedtest step: unknown backend(s) ['int4']"),
     (["teacher", "--set", "data.doc_stride=500"], "data.doc_stride (500) must be below data.max_length"),
     (["student", "--set", "model.layer_stride=0"], "model.layer_stride must be >= 1, got 0"),
+    (["student", "--set", "search.alpha_range=[0.9,"], "'[0.9,' is not a YAML value"),
     (["distill", "--alpha", "2"], "distillation.alpha must be in [0, 1], got 2"),
-    (["search", "--set", "search.alpha_range=[0.9, 0.1]"], "search ranges need low <= high"),
+    (["search", "--set", "search.alpha_range=[0.9,0.1]"], "search ranges need low <= high"),
     (["speedtest", "--backends", "int4"], "unknown backend(s) ['int4']"),
     (["predict", "--model", "m", "--question", "q", "--context", "c", "--backend", "int4"], "invalid choice: 'int4'"),
     (["evaluate", "--model", "m", "--dev-questions", "0"], "--dev-questions: must be > 0"),
     (["report", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["score", "/no/such/dev.json", "/no/such/predictions.json"], "No such file or directory"),
+    (["score", "/no/such/dev.json", "/no/such/predictions.json"], "/no/such/dev.json: no such file"),
 ], ids=lambda value: value[0] if isinstance(value, list) else "")
 def test_every_entry_point_refuses_a_bad_setting_before_any_model_loads(argv, message, tracking_uri, monkeypatch,
                                                                        capsys):

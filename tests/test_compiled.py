@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from qa_distill.errors import ConfigError
-from qa_distill.inference import compiled
+from qa_distill.inference import compiled, library_cache
 from qa_distill.inference.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs
 from qa_distill.models import input_names, load_qa_model
 
@@ -150,7 +150,7 @@ def good_library(tiny_distilbert) -> Path:
     """A library of the tiny DistilBERT at int8, built (or found) in the session's cache."""
     model = _model(tiny_distilbert, "int8")
     forward = compile_logits(model, input_names(model), model.config.vocab_size, "int8")
-    assert isinstance(forward, CompiledLogits) and compiled.damage(forward.path) is None
+    assert isinstance(forward, CompiledLogits) and library_cache.damage(forward.path) is None
     return forward.path
 
 
@@ -172,7 +172,7 @@ def _building_from(library: Path, monkeypatch) -> list[str]:
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda program, package_path, **kwargs: shutil.copyfile(library, package_path))
     monkeypatch.setattr(torch._inductor, "aoti_load_package",
-                        lambda path: (loaded.append(compiled._sha256(Path(path))), load(path))[1])
+                        lambda path: (loaded.append(library_cache.sha256_of(Path(path))), load(path))[1])
     return loaded
 
 
@@ -185,13 +185,13 @@ def test_a_damaged_library_is_removed_and_rebuilt_never_loaded(damage, why, good
     monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
     path = _copy_into(good_library, tmp_path, good_library.stem)
     damage(path)
-    bad = compiled._sha256(path)
+    bad = library_cache.sha256_of(path)
     loaded = _building_from(good_library, monkeypatch)
     model = _model(tiny_distilbert, "int8")
     forward = compile_logits(model, input_names(model), model.config.vocab_size, "int8")
     assert isinstance(forward, CompiledLogits) and forward.path == path
-    assert bad not in loaded and loaded == [compiled._sha256(good_library)]
-    assert compiled.damage(path) is None  # rebuilt with a fresh record
+    assert bad not in loaded and loaded == [library_cache.sha256_of(good_library)]
+    assert library_cache.damage(path) is None  # rebuilt with a fresh record
     (line,) = [x for x in capfd.readouterr().err.splitlines() if "was not loaded" in x]
     assert why in line and "removed, compiling it again" in line
 
@@ -220,4 +220,4 @@ def test_a_cache_cap_that_is_not_a_size_is_refused(monkeypatch):
     for text in ("0", "-1", "lots"):
         monkeypatch.setenv("QA_DISTILL_CACHE_GB", text)
         with pytest.raises(ConfigError, match="QA_DISTILL_CACHE_GB must be a number of gigabytes > 0"):
-            compiled.cache_cap_bytes()
+            library_cache.cache_cap_bytes()

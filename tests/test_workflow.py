@@ -13,11 +13,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from qa_distill.chain import dry_run
 from qa_distill.cli import main as cli_main
 from qa_distill.config import DEFAULT_BACKENDS, PROJECT_ROOT, RESULTS_DIR, TrackingConfig, WorkflowConfig
 from qa_distill.tracking import runs as tracking
 from qa_distill.tracking.launched_run import MOVED_TO
-from qa_distill.workflow import KeyInputs, Step, StepResult, dry_run, run_step
+from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
 
 from .conftest import child_env
 
@@ -178,7 +179,8 @@ def _hides_plotly(monkeypatch):
 
 @pytest.mark.parametrize("argv, setup, line", [
     (["--backends", "int4"], None, "speedtest step: unknown backend(s) ['int4']"),
-    (["--results-dir", "{blocker}/results"], None, "speedtest step: output directory {blocker}/results: {blocker} is a file"),
+    (["--results-dir", "{blocker}/results"], None,
+     "speedtest step: output directory {blocker}/results: {blocker} is a file"),
     (["--data", "squad"], "offline", "teacher step: data.data 'squad' is a hub dataset that is neither in the local"),
     (["--set", "model.name=/no/such/model"], None, "teacher step: model.name '/no/such/model': no such model"),
     ([], "no plotly", "teacher step: the model it logs would not install: no installed distribution provides "

@@ -20,18 +20,16 @@ exported; a model that fails to export, compile (no C++ compiler, say) or agree 
 uncompiled, with a warning. `QA_DISTILL_COMPILE=0` runs every model uncompiled: no wait before
 the first answer (a one-off `predict`), slower answers after.
 
-A library is native code that this process loads and runs, so the cache holds only what this
-project built: beside each `<key>.pt2` a `<key>.json` holds its key and SHA-256, written at build
-time. A library whose record is missing or disagrees (truncated, overwritten, copied in from
-elsewhere) is never loaded: it is removed and built again, with one line saying so. The cache
-is capped (`QA_DISTILL_CACHE_GB`, default 4 GB): after each build the least recently used
-libraries go until it fits.
+A library is native code that this process loads and runs, so only what this project built is
+loaded: one whose build record (`library_cache.py`: key and SHA-256, written at build time) is
+missing or disagrees (truncated, overwritten, copied in from elsewhere) is removed and built
+again, with one line saying so. The cache is capped (`QA_DISTILL_CACHE_GB`, default 4 GB): after
+each build the least recently used libraries go until it fits.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -45,7 +43,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qa_distill.errors import ConfigError
+from qa_distill.inference import library_cache
+from qa_distill.inference.library_cache import write_record
 from qa_distill.inference.quantize import quantize_int8
 from qa_distill.models import model_fingerprint
 from qa_distill.runtime.hardware import cpu_flags, cpu_name
@@ -54,10 +53,6 @@ from qa_distill.runtime.processes import atomic_path
 Logits = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[dict[str, torch.Tensor]], Logits]
 FORMAT = 2  # bump when what a cached library holds changes
-CACHE_GB = 4.0  # default cap of the compiled cache (`QA_DISTILL_CACHE_GB`)
-# seconds one library takes to build where this cache has no record of a build on this CPU: a
-# 2-core Zen 3 builds a tiny test model in ~15 s and a BERT-base in ~60 s
-DEFAULT_BUILD_SECONDS = 60.0
 EXPORTED_ON = [16, 10]  # two windows of different lengths: neither axis is fixed at 1 or at equal lengths
 CHECKED_ON = ([1], [33], [24, 7, 20])
 # Largest relative error (`relative_error`) of a library's logits against the graph it was compiled
@@ -75,18 +70,6 @@ def compiling() -> bool:
 def cache_root(kind: str) -> Path:
     """Where built models of a kind are kept: `$QA_DISTILL_CACHE/<kind>`, by default under ~/.cache."""
     return Path(os.environ.get("QA_DISTILL_CACHE", Path.home() / ".cache" / "qa-distill")) / kind
-
-
-def cache_cap_bytes() -> int:
-    """The compiled cache's size cap: `QA_DISTILL_CACHE_GB` gigabytes (default `CACHE_GB`)."""
-    text = os.environ.get("QA_DISTILL_CACHE_GB", "")
-    try:
-        gigabytes = float(text) if text else CACHE_GB
-    except ValueError:
-        gigabytes = -1.0
-    if not gigabytes > 0:
-        raise ConfigError(f"QA_DISTILL_CACHE_GB must be a number of gigabytes > 0, got {text!r}")
-    return int(gigabytes * 1e9)
 
 
 class StartEnd(nn.Module):
@@ -201,40 +184,6 @@ def check_agrees(forward: Forward, reference: Forward, names: Sequence[str], voc
                                  f"relative error {relative_error(ours, theirs):.3g} (at most {tolerance} allowed)")
 
 
-def _record(path: Path) -> Path:
-    """The build record beside a library: its key, SHA-256, build seconds and CPU."""
-    return path.with_suffix(".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def damage(path: Path) -> str | None:
-    """Why the cached library at `path` is not one this project built for its key, or None."""
-    try:
-        record = json.loads(_record(path).read_text())
-    except FileNotFoundError:
-        return "no build record"
-    except (OSError, ValueError) as error:
-        return f"unreadable build record ({error})"
-    if not isinstance(record, dict) or record.get("key") != path.stem:
-        return "its build record is of another library"
-    if record.get("sha256") != _sha256(path):
-        return "its SHA-256 differs from the one written when it was built"
-    return None
-
-
-def remove_library(path: Path) -> None:
-    """A library and its build record gone from the cache."""
-    for file in (path, _record(path)):
-        file.unlink(missing_ok=True)
-
-
 def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: str, path: Path, *, cap: int
            ) -> CompiledLogits:
     """Compile the model's graph, check the library against the graph run uncompiled, and only
@@ -249,56 +198,11 @@ def _build(model: nn.Module, names: Sequence[str], vocab_size: int, precision: s
                                                      inductor_configs={"freezing": True, "cpp.dynamic_threads": True})
         compiled = CompiledLogits(torch._inductor.aoti_load_package(str(built)), names, path)
         check_agrees(compiled, ModuleLogits(program.module(), names), names, vocab_size, TOLERANCE[precision])
-        record = {"key": path.stem, "sha256": _sha256(built), "seconds": time.perf_counter() - began,
-                  "cpu": cpu_name()}
-    with atomic_path(_record(path)) as written:
-        written.write_text(json.dumps(record))
+        seconds = time.perf_counter() - began
+    write_record(path, seconds)  # once the library is in place: a record never names a missing file
     print(f"compiled in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-    evict(cap, keep=path)
+    library_cache.evict(cap, keep=path)
     return compiled
-
-
-def _libraries(root: Path) -> list[Path]:
-    return sorted(root.glob("*.pt2")) if root.is_dir() else []
-
-
-def _last_used(path: Path) -> float:
-    """When a library was last built or loaded (its record's mtime, touched on every load)."""
-    record = _record(path)
-    return (record if record.exists() else path).stat().st_mtime
-
-
-def evict(cap: int, *, keep: Path) -> list[Path]:
-    """Remove the least recently used libraries (never `keep`) until the cache holds at most
-    `cap` bytes; returns the removed ones."""
-    libraries = sorted(_libraries(keep.parent), key=_last_used)
-    sizes = {p: p.stat().st_size + (_record(p).stat().st_size if _record(p).exists() else 0) for p in libraries}
-    total, removed = sum(sizes.values()), []
-    for path in libraries:
-        if total <= cap:
-            break
-        if path != keep:
-            remove_library(path)
-            total -= sizes[path]
-            removed.append(path)
-    if removed:
-        print(f"compiled cache over its {cap / 1e9:g} GB cap (QA_DISTILL_CACHE_GB): removed the "
-              f"{len(removed)} least recently used libraries", file=sys.stderr, flush=True)
-    return removed
-
-
-def build_seconds() -> float:
-    """About how long one library takes to build here: the median of this cache's builds on this
-    CPU, else `DEFAULT_BUILD_SECONDS`."""
-    root, cpu, seconds = cache_root("compiled"), cpu_name(), []
-    for library in _libraries(root):
-        try:
-            record = json.loads(_record(library).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("cpu") == cpu and isinstance(record.get("seconds"), int | float):
-            seconds.append(float(record["seconds"]))
-    return sorted(seconds)[len(seconds) // 2] if seconds else DEFAULT_BUILD_SECONDS
 
 
 def _load(path: Path, names: Sequence[str]) -> CompiledLogits | None:
@@ -306,13 +210,13 @@ def _load(path: Path, names: Sequence[str]) -> CompiledLogits | None:
     one is removed with one line, and None returned so that it is built again."""
     if not path.exists():
         return None
-    problem = damage(path)
+    problem = library_cache.damage(path)
     if problem is not None:
-        remove_library(path)
+        library_cache.remove_library(path)
         print(f"compiled library {path} was not loaded: {problem}; removed, compiling it again",
               file=sys.stderr, flush=True)
         return None
-    os.utime(_record(path))
+    library_cache.mark_used(path)
     return CompiledLogits(torch._inductor.aoti_load_package(str(path)), names, path)
 
 
@@ -338,7 +242,7 @@ def compile_logits(model: nn.Module, names: Sequence[str], vocab_size: int, prec
     `precision`, from the cache where it was compiled before; uncompiled where compiling is
     turned off (`compiling()`), and, with a warning, where it fails or gives other logits."""
     if compiling():
-        cap = cache_cap_bytes()  # a bad setting is an error, not a reason to run uncompiled
+        cap = library_cache.cache_cap_bytes()  # a bad setting is an error, not a reason to run uncompiled
         try:
             with torch.no_grad():
                 path = cache_root("compiled") / f"{library_key(model, names, precision)}.pt2"

@@ -36,7 +36,7 @@ from qa_distill.config import (
 from qa_distill.data.metrics import squad_scores
 from qa_distill.data.squad import load_questions
 from qa_distill.errors import ConfigError, ModelError
-from qa_distill.inference import compiled
+from qa_distill.inference import compiled, library_cache
 from qa_distill.inference.predictor import QAPredictor
 from qa_distill.models import load_config, load_tokenizer, resolve_source
 from qa_distill.recipes import validate_speed
@@ -153,13 +153,13 @@ def check_models(models: dict[str, str]) -> dict[str, str]:
 def compile_plan(models: int, backends: list[str]) -> str:
     """What the speed test builds before timing: one graph per model and (runtime, precision),
     shared by the backends that differ only in padding (fp32 and fp32-maxpad), and about how long
-    that takes on this CPU where none is cached (`compiled.build_seconds`)."""
+    that takes on this CPU where none is cached (`library_cache.build_seconds`)."""
     graphs = {(SPECS[b].runtime, SPECS[b].precision) for b in backends
               if SPECS[b].runtime != "aotinductor" or compiled.compiling()}
     builds = models * len(graphs)
     if not builds:
         return f"speed test: {models} models x {len(backends)} backends, nothing to compile (QA_DISTILL_COMPILE=0)"
-    minutes = builds * compiled.build_seconds() / 60
+    minutes = builds * library_cache.build_seconds(compiled.cache_root("compiled")) / 60
     return (f"speed test: {models} models x {len(backends)} backends = {builds} compiled graphs "
             f"({len(graphs)} per model: {', '.join('/'.join(g) for g in sorted(graphs))}), about "
             f"{minutes:.0f} min on {cpu_name()} for those not yet cached "
