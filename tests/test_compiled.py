@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from qa_distill.data.squad import file_sha256
 from qa_distill.errors import ConfigError
 from qa_distill.inference import compiled, library_cache
 from qa_distill.inference.compiled import CompiledLogits, ModuleLogits, compile_logits, example_inputs
@@ -172,7 +173,7 @@ def _building_from(library: Path, monkeypatch) -> list[str]:
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda program, package_path, **kwargs: shutil.copyfile(library, package_path))
     monkeypatch.setattr(torch._inductor, "aoti_load_package",
-                        lambda path: (loaded.append(library_cache.sha256_of(Path(path))), load(path))[1])
+                        lambda path: (loaded.append(file_sha256(Path(path))), load(path))[1])
     return loaded
 
 
@@ -185,12 +186,12 @@ def test_a_damaged_library_is_removed_and_rebuilt_never_loaded(damage, why, good
     monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
     path = _copy_into(good_library, tmp_path, good_library.stem)
     damage(path)
-    bad = library_cache.sha256_of(path)
+    bad = file_sha256(path)
     loaded = _building_from(good_library, monkeypatch)
     model = _model(tiny_distilbert, "int8")
     forward = compile_logits(model, input_names(model), model.config.vocab_size, "int8")
     assert isinstance(forward, CompiledLogits) and forward.path == path
-    assert bad not in loaded and loaded == [library_cache.sha256_of(good_library)]
+    assert bad not in loaded and loaded == [file_sha256(good_library)]
     assert library_cache.damage(path) is None  # rebuilt with a fresh record
     (line,) = [x for x in capfd.readouterr().err.splitlines() if "was not loaded" in x]
     assert why in line and "removed, compiling it again" in line
