@@ -180,7 +180,7 @@ def _building_from(library: Path, monkeypatch) -> list[str]:
 @pytest.mark.parametrize("damage, why", [
     (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "SHA-256 differs"),
     (lambda path: (path.write_bytes(os.urandom(4096)), path.with_suffix(".json").unlink()), "no build record"),
-])
+], ids=["truncated", "random-bytes-no-record"])
 def test_a_damaged_library_is_removed_and_rebuilt_never_loaded(damage, why, good_library, tiny_distilbert,
                                                                tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("QA_DISTILL_CACHE", str(tmp_path))
