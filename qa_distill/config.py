@@ -119,6 +119,10 @@ class DistillConfig:
     alpha: float = setting(0.5, "weight of the soft loss, in [0, 1]")
     teacher_cache: bool = setting(True, "precompute teacher logits once (false: teacher on the fly)")
     teacher_batch_size: int | None = setting(None, "windows per teacher pass (null: training.eval_batch_size)")
+    hidden_weight: float = setting(0.0, "weight of the hidden-state MSE between mapped layers (0: off)")
+    attention_weight: float = setting(0.0, "weight of the attention-distribution KL of mapped layers (0: off)")
+    layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first "
+                                                "(null: 0, s, 2s, ... for model.layer_stride s)")
 
 
 @dataclass
@@ -132,7 +136,8 @@ class TrackingConfig:
 
 @dataclass
 class SearchConfig:
-    """The Optuna study over the distill run's T and alpha (`qa-distill search`)."""
+    """The Optuna study over the distill run's T and alpha, and optionally its layer terms' weights
+    and the learning rate (`qa-distill search`)."""
 
     n_trials: int | None = setting(None, "trials this process runs")
     timeout: float | None = setting(None, "seconds after which no new trial starts")
@@ -144,6 +149,11 @@ class SearchConfig:
     alpha_range: tuple[float, float] = setting((0.0, 1.0), "alpha range")
     search_lr: bool = setting(False, "also search the learning rate (log scale)")
     lr_range: tuple[float, float] = setting((1e-5, 3e-4), "learning-rate range, with search_lr")
+    search_hidden_weight: bool = setting(False, "also search distillation.hidden_weight")
+    hidden_weight_range: tuple[float, float] = setting((0.0, 5.0), "hidden_weight range, with search_hidden_weight")
+    search_attention_weight: bool = setting(False, "also search distillation.attention_weight")
+    attention_weight_range: tuple[float, float] = setting((0.0, 5.0),
+                                                          "attention_weight range, with search_attention_weight")
     results_stem: str = setting("", "trials CSV and plots as <stem>.csv, <stem>-<plot>.png|html "
                                     "(default <output_dir>/report/<study>)")
     register: bool = setting(True, "register the best model as qa-distill-<recipe>-search-best")
@@ -239,6 +249,23 @@ def check_distillation(temperature: float, alpha: float) -> None:
         raise ConfigError(f"distillation.temperature must be a finite number > 0, got {temperature}")
     if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
         raise ConfigError(f"distillation.alpha must be in [0, 1], got {alpha}")
+
+
+def check_layer_weights(hidden_weight: float, attention_weight: float) -> None:
+    """The layer terms' weights finite and >= 0: the one check of the recipe, the loss and the search ranges."""
+    for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"distillation.{name} must be a finite number >= 0, got {value}")
+
+
+def check_layer_map(layer_map: list[int] | None) -> None:
+    """A map starts at the embeddings (0) and climbs: each student output is matched to a deeper
+    teacher output than the one before (its length is checked against the models once loaded)."""
+    if layer_map is None:
+        return
+    if len(layer_map) < 2 or layer_map[0] != 0 or any(b <= a for a, b in zip(layer_map, layer_map[1:])):
+        raise ConfigError(f"distillation.layer_map must start at 0 (embeddings) and increase, one teacher "
+                          f"output per student output, e.g. [0, 2, 4, 6]; got {layer_map}")
 
 
 def check_name(name: str, what: str) -> str:

@@ -30,6 +30,8 @@ from qa_distill.config import (
     SpeedConfig,
     TrackingConfig,
     check_distillation,
+    check_layer_map,
+    check_layer_weights,
     default_teacher,
     type_name,
 )
@@ -66,6 +68,9 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
         if text == "tuple[float, float]":
             low, high = (float(v) for v in _items(value))
             return low, high
+        if text.startswith("list[int"):  # YAML's [0, 2, 4], or "[0, 2, 4]" / "0 2 4" from a command line
+            words = value.replace(",", " ").strip("[] ").split() if isinstance(value, str) else value
+            return [_coerce(v, int, name) for v in words]
         if text.startswith(("tuple[str", "list[str")):
             items = [word for v in _items(value) for word in str(v).split()]
             return tuple(items) if text.startswith("tuple") else items
@@ -238,6 +243,8 @@ def validate(config: RunConfig) -> None:
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     check_distillation(k.temperature, k.alpha)
+    check_layer_weights(k.hidden_weight, k.attention_weight)
+    check_layer_map(k.layer_map)
     validate_search(config.search)
 
 
@@ -249,6 +256,12 @@ def validate_search(search: SearchConfig) -> None:
             and search.alpha_range[0] <= search.alpha_range[1]):
         raise ConfigError("search ranges need low <= high, got temperature_range "
                           f"{list(search.temperature_range)}, alpha_range {list(search.alpha_range)}")
+    for low, high in (search.hidden_weight_range, search.attention_weight_range):
+        check_layer_weights(low, high)
+        if low > high:
+            raise ConfigError("search ranges need low <= high, got hidden_weight_range "
+                              f"{list(search.hidden_weight_range)}, attention_weight_range "
+                              f"{list(search.attention_weight_range)}")
     if not 0 < search.lr_range[0] <= search.lr_range[1]:
         raise ConfigError(f"search.lr_range needs 0 < low <= high, got {list(search.lr_range)}")
     if "'" in search.study_name:  # the study's runs are found by an MLflow filter on its name
