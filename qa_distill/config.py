@@ -263,7 +263,7 @@ def check_layer_map(layer_map: list[int] | None) -> None:
     teacher output than the one before (its length is checked against the models once loaded)."""
     if layer_map is None:
         return
-    if len(layer_map) < 2 or layer_map[0] != 0 or any(b <= a for a, b in zip(layer_map, layer_map[1:])):
+    if len(layer_map) < 2 or layer_map[0] != 0 or any(b <= a for a, b in zip(layer_map, layer_map[1:], strict=False)):
         raise ConfigError(f"distillation.layer_map must start at 0 (embeddings) and increase, one teacher "
                           f"output per student output, e.g. [0, 2, 4, 6]; got {layer_map}")
 

@@ -47,9 +47,9 @@ def layer_map(given: list[int] | None, student: PreTrainedModel, teacher: PreTra
     s_layers, t_layers = len(layer_list(student)), len(layer_list(teacher))
     found = given if given is not None else default_layer_map(s_layers, stride)
     if len(found) != s_layers + 1 or found[-1] > t_layers:
-        raise ConfigError(f"distillation.layer_map {found}: the student has {s_layers + 1} outputs (embeddings and "
-                          f"{s_layers} layers) and the teacher {t_layers + 1}; give one teacher output in 0..{t_layers} "
-                          "per student output")
+        raise ConfigError(f"distillation.layer_map {found}: the student has {s_layers + 1} outputs (embeddings "
+                          f"and {s_layers} layers) and the teacher {t_layers + 1}; give one teacher output in "
+                          f"0..{t_layers} per student output")
     s_width, t_width = _config_value(student, _WIDTH), _config_value(teacher, _WIDTH)
     if s_width != t_width:
         raise ConfigError(f"the layer terms need one width: the student's hidden size is {s_width}, the "
@@ -64,8 +64,9 @@ def layer_map(given: list[int] | None, student: PreTrainedModel, teacher: PreTra
 def _projections(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     for query, key in _PROJECTIONS:
         for module in layer.modules():
-            if isinstance(getattr(module, query, None), nn.Linear) and isinstance(getattr(module, key, None), nn.Linear):
-                return getattr(module, query), getattr(module, key)
+            found = getattr(module, query, None), getattr(module, key, None)
+            if all(isinstance(projection, nn.Linear) for projection in found):
+                return found
     raise ConfigError(f"distillation.attention_weight: no query/key projections found in {type(layer).__name__}")
 
 
