@@ -112,11 +112,13 @@ def attention_loss(
         raise ValueError(f"{len(student)} student and {len(teacher)} teacher attention maps: give mapped pairs")
     pairs = []
     for s, t in zip(student, teacher, strict=True):
-        rows = _real(s.transpose(1, 2), mask).flatten(0, 1)  # (real queries * heads, keys)
-        targets = _real(t.transpose(1, 2), mask).flatten(0, 1)
-        keys = None if mask is None else _real(mask[:, None, None, :].expand(-1, s.size(2), s.size(1), -1),
-                                                mask).flatten(0, 1)
-        pairs.append(soft_loss(rows, targets, 1.0, keys))
+        s, t = s.float(), t.float()
+        if mask is not None:  # padded keys get no probability in either distribution
+            padded = ~mask.bool()[:, None, None, :]
+            s, t = s.masked_fill(padded, torch.finfo(s.dtype).min), t.masked_fill(padded, torch.finfo(t.dtype).min)
+        rows = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="none", log_target=True).sum(-1)
+        real = torch.ones_like(rows[:, 0]) if mask is None else mask.to(rows.dtype)  # (batch, queries)
+        pairs.append((rows * real[:, None, :]).sum() / (real.sum() * rows.size(1)))
     return torch.stack(pairs).mean()
 
 
