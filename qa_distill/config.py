@@ -251,23 +251,6 @@ def check_distillation(temperature: float, alpha: float) -> None:
         raise ConfigError(f"distillation.alpha must be in [0, 1], got {alpha}")
 
 
-def check_layer_weights(hidden_weight: float, attention_weight: float) -> None:
-    """The layer terms' weights finite and >= 0: the one check of the recipe, the loss and the search ranges."""
-    for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"distillation.{name} must be a finite number >= 0, got {value}")
-
-
-def check_layer_map(layer_map: list[int] | None) -> None:
-    """A map starts at the embeddings (0) and climbs: each student output is matched to a deeper
-    teacher output than the one before (its length is checked against the models once loaded)."""
-    if layer_map is None:
-        return
-    if len(layer_map) < 2 or layer_map[0] != 0 or any(b <= a for a, b in zip(layer_map, layer_map[1:], strict=False)):
-        raise ConfigError(f"distillation.layer_map must start at 0 (embeddings) and increase, one teacher "
-                          f"output per student output, e.g. [0, 2, 4, 6]; got {layer_map}")
-
-
 def check_name(name: str, what: str) -> str:
     """A name that becomes a file name: no path separators, so it stays in its folder."""
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
