@@ -119,6 +119,10 @@ class DistillConfig:
     alpha: float = setting(0.5, "weight of the soft loss, in [0, 1]")
     teacher_cache: bool = setting(True, "precompute teacher logits once (false: teacher on the fly)")
     teacher_batch_size: int | None = setting(None, "windows per teacher pass (null: training.eval_batch_size)")
+    hidden_weight: float = setting(0.0, "weight of the hidden-state MSE between mapped layers (0: off)")
+    attention_weight: float = setting(0.0, "weight of the attention-distribution KL of mapped layers (0: off)")
+    layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first "
+                                                "(null: 0, s, 2s, ... for model.layer_stride s)")
 
 
 @dataclass
@@ -132,7 +136,8 @@ class TrackingConfig:
 
 @dataclass
 class SearchConfig:
-    """The Optuna study over the distill run's T and alpha (`qa-distill search`)."""
+    """The Optuna study over the distill run's T and alpha, and optionally its layer terms' weights
+    and the learning rate (`qa-distill search`)."""
 
     n_trials: int | None = setting(None, "trials this process runs")
     timeout: float | None = setting(None, "seconds after which no new trial starts")
@@ -144,6 +149,11 @@ class SearchConfig:
     alpha_range: tuple[float, float] = setting((0.0, 1.0), "alpha range")
     search_lr: bool = setting(False, "also search the learning rate (log scale)")
     lr_range: tuple[float, float] = setting((1e-5, 3e-4), "learning-rate range, with search_lr")
+    search_hidden_weight: bool = setting(False, "also search distillation.hidden_weight")
+    hidden_weight_range: tuple[float, float] = setting((0.0, 5.0), "hidden_weight range, with search_hidden_weight")
+    search_attention_weight: bool = setting(False, "also search distillation.attention_weight")
+    attention_weight_range: tuple[float, float] = setting((0.0, 5.0),
+                                                          "attention_weight range, with search_attention_weight")
     results_stem: str = setting("", "trials CSV and plots as <stem>.csv, <stem>-<plot>.png|html "
                                     "(default <output_dir>/report/<study>)")
     register: bool = setting(True, "register the best model as qa-distill-<recipe>-search-best")

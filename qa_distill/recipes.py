@@ -66,6 +66,9 @@ def _coerce(value: Any, type_hint: Any, name: str) -> Any:
         if text == "tuple[float, float]":
             low, high = (float(v) for v in _items(value))
             return low, high
+        if text.startswith("list[int"):  # YAML's [0, 2, 4], or "[0, 2, 4]" / "0 2 4" from a command line
+            words = value.replace(",", " ").strip("[] ").split() if isinstance(value, str) else value
+            return [_coerce(v, int, name) for v in words]
         if text.startswith(("tuple[str", "list[str")):
             items = [word for v in _items(value) for word in str(v).split()]
             return tuple(items) if text.startswith("tuple") else items
@@ -241,7 +244,26 @@ def validate(config: RunConfig) -> None:
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     check_distillation(k.temperature, k.alpha)
+    check_layer_weights(k.hidden_weight, k.attention_weight)
+    check_layer_map(k.layer_map)
     validate_search(config.search)
+
+
+def check_layer_weights(hidden_weight: float, attention_weight: float) -> None:
+    """The layer terms' weights finite and >= 0: the one check of the recipe and the search ranges."""
+    for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"distillation.{name} must be a finite number >= 0, got {value}")
+
+
+def check_layer_map(layer_map: list[int] | None) -> None:
+    """A map starts at the embeddings (0) and climbs: each student output is matched to a deeper
+    teacher output than the one before (its length is checked against the models once loaded)."""
+    if layer_map is None:
+        return
+    if len(layer_map) < 2 or layer_map[0] != 0 or any(b <= a for a, b in zip(layer_map, layer_map[1:], strict=False)):
+        raise ConfigError(f"distillation.layer_map must start at 0 (embeddings) and increase, one teacher "
+                          f"output per student output, e.g. [0, 2, 4, 6]; got {layer_map}")
 
 
 def validate_search(search: SearchConfig) -> None:
@@ -252,6 +274,10 @@ def validate_search(search: SearchConfig) -> None:
             and search.alpha_range[0] <= search.alpha_range[1]):
         raise ConfigError("search ranges need low <= high, got temperature_range "
                           f"{list(search.temperature_range)}, alpha_range {list(search.alpha_range)}")
+    for name in ("hidden_weight_range", "attention_weight_range"):
+        check_layer_weights(*getattr(search, name))
+        if getattr(search, name)[0] > getattr(search, name)[1]:
+            raise ConfigError(f"search ranges need low <= high, got {name} {list(getattr(search, name))}")
     if not 0 < search.lr_range[0] <= search.lr_range[1]:
         raise ConfigError(f"search.lr_range needs 0 < low <= high, got {list(search.lr_range)}")
     if "'" in search.study_name:  # the study's runs are found by an MLflow filter on its name

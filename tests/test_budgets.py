@@ -44,6 +44,14 @@ def test_students_of_different_epochs_are_refused(experiment):
         check_comparable(recipe_runs("cpu", experiment))
 
 
+def test_students_at_their_roles_epochs_in_the_recipe_pass(experiment):
+    _run("student", epochs=3.0)
+    _run("distill", epochs=8.0)
+    check_comparable(recipe_runs("cpu", experiment), recipe="gpu")  # the gpu recipe's lengths: 3 and 8
+    with pytest.raises(ConfigError, match="epochs: "):
+        check_comparable(recipe_runs("cpu", experiment), recipe="cpu")  # cpu gives both 1
+
+
 def test_a_test_sized_run_never_overwrites_the_committed_table(experiment):
     committed = (RESULTS_DIR / "cpu.csv").read_text()
     for role in ("teacher", "student", "distill"):

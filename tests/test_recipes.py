@@ -72,3 +72,26 @@ def test_an_answer_setting_under_its_old_key_names_the_new_one(tmp_path, old, ne
     with pytest.raises(ConfigError, match=rf"old.yaml \[teacher\]: training.{old} is now {new}$"):
         load_config(str(recipe), "teacher")
     assert getattr(load_config("cpu", "teacher", overrides=[f"{new}=5"]).answers, old) == 5
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("distillation.hidden_weight=-0.5", r"distillation\.hidden_weight must be a finite number >= 0, got -0\.5"),
+    ("distillation.attention_weight=.nan", r"distillation\.attention_weight must be a finite number >= 0"),
+    ("distillation.layer_map=[0,4,2,6]", r"distillation\.layer_map must start at 0 \(embeddings\) and increase"),
+    ("distillation.layer_map=[1,2,4,6]", r"distillation\.layer_map must start at 0"),
+    ("distillation.layer_map=[0,x]", r"distillation\.layer_map: 'x' is not a valid int"),
+    ("search.attention_weight_range=[2,1]", r"search ranges need low <= high"),
+])
+def test_bad_layer_term_settings_are_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config("cpu", "distill", overrides=[override])
+    assert "\n" not in str(caught.value)
+
+
+def test_layer_term_settings_default_to_todays_loss_and_take_a_list():
+    k = load_config("cpu", "distill").distillation
+    assert (k.hidden_weight, k.attention_weight, k.layer_map) == (0.0, 0.0, None)
+    assert load_config("cpu", "distill", overrides=["distillation.layer_map=[0,1,2,3]"]).distillation.layer_map == [
+        0, 1, 2, 3]
+    assert load_config("cpu", "distill", explicit={"distillation.layer_map": "0 2 4 6"}).distillation.layer_map == [
+        0, 2, 4, 6]

@@ -13,6 +13,7 @@ def _log(recipe, role, f1, status="FINISHED"):
     with mlflow.start_run() as run:
         mlflow.set_tags({"recipe": recipe, "role": role})
         mlflow.log_params({"model.name": "m", "distillation.temperature": 2.0, "distillation.alpha": 0.5,
+                           "distillation.hidden_weight": 1.0, "distillation.attention_weight": 0.0,
                            "training.epochs": 1, "data.train_questions": 100, "model.layer_stride": 2})
         mlflow.log_metrics({"exact_match": f1 - 10, "f1": f1, "train_seconds": 120.0, "dev_questions": 50,
                             "train_windows_per_second": 10.0})
@@ -37,6 +38,8 @@ def test_one_row_per_model_from_the_newest_finished_run(tracking_uri, tmp_path):
     assert list(table["f1"]) == [70.0, 55.0, 60.0]
     assert table.loc[1, "run_id"] == newest_student
     assert pd.isna(table.loc[0, "temperature"]) and table.loc[2, "temperature"] == "2.0"
+    assert pd.isna(table.loc[1, "hidden_weight"]) and table.loc[2, "hidden_weight"] == "1.0"
+    assert table.loc[2, "attention_weight"] == "0.0"
     assert set(table.columns) >= {"model", "exact_match", "f1", "train_seconds", "dev_questions"}
     written = pd.read_csv(tmp_path / "cpu.csv")
     assert list(written["f1"]) == [70.0, 55.0, 60.0]

@@ -302,3 +302,37 @@ def test_two_workers_share_one_study(setup: dict[str, Any], storage: str):
         assert len(parents) == 2 and sorted(by_trial(nested)) == [0, 1, 2, 3]
     finally:
         optuna.delete_study(study_name=study, storage=storage)
+
+
+@pytest.mark.slow
+def test_the_layer_weights_join_t_and_alpha_where_asked(config: RunConfig, tmp_path: Path):
+    stem = tmp_path / "results" / "w"
+    result = run(config, "weights", n_trials=2, results_stem=str(stem), search_hidden_weight=True,
+                 search_attention_weight=True, attention_weight_range=(0.5, 2.0))
+    trials = load(config, "weights").trials
+    assert set(trials[1].params) == {"temperature", "alpha", "hidden_weight", "attention_weight"}
+    assert 0.5 <= trials[1].params["attention_weight"] <= 2.0
+    # the recipe's attention_weight 0 is outside the range: no baseline trial, all sampled
+    assert trials[0].params["attention_weight"] >= 0.5
+    for number, r in by_trial(mlflow_runs(config)[1]).items():
+        for name in ("hidden_weight", "attention_weight"):
+            assert float(r.data.params[name]) == trials[number].params[name]
+            assert float(r.data.params[f"distillation.{name}"]) == trials[number].params[name]
+    frame = pd.read_csv(stem.with_suffix(".csv"))
+    assert list(frame["hidden_weight"]) == [t.params["hidden_weight"] for t in trials]
+    assert search_report.searched(load(config, "weights")) == ["temperature", "alpha", "hidden_weight",
+                                                               "attention_weight"]
+    assert (tmp_path / "results" / "w-contour.png").stat().st_size > 0
+    best = max(trials, key=lambda t: t.value)
+    assert result["best_hidden_weight"] == best.params["hidden_weight"]
+
+
+def test_the_baseline_trial_takes_the_recipes_searched_weights():
+    from qa_distill.config import DistillConfig
+    from qa_distill.search.space import SearchSpace
+
+    space = SearchSpace.of(SearchConfig(search_hidden_weight=True))
+    own = DistillConfig(temperature=2.0, alpha=0.5, hidden_weight=1.5, attention_weight=3.0)
+    assert space.baseline(own) == {"temperature": 2.0, "alpha": 0.5, "hidden_weight": 1.5}
+    assert SearchSpace.of(SearchConfig()).baseline(own) == {"temperature": 2.0, "alpha": 0.5}
+    assert space.baseline(DistillConfig(hidden_weight=9.0)) is None

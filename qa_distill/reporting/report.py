@@ -26,6 +26,9 @@ _PARAMS = {
     "training.epochs": "epochs",
     "distillation.temperature": "temperature",
     "distillation.alpha": "alpha",
+    "distillation.hidden_weight": "hidden_weight",
+    "distillation.attention_weight": "attention_weight",
+    "distillation.layer_map": "layer_map",
 }
 
 
@@ -51,7 +54,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         row |= {m: run.get(f"metrics.{m}") for m in _METRICS}
         row |= {col: run.get(f"params.{p}") for p, col in _PARAMS.items()}
         if role != "distill":
-            row["temperature"] = row["alpha"] = None
+            row |= dict.fromkeys(("temperature", "alpha", "hidden_weight", "attention_weight", "layer_map"))
         row["run_id"] = run["run_id"]
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -70,7 +73,7 @@ def run_report(recipe: str, tracking: TrackingConfig, *, output: str | None = No
         raise ConfigError(f"no finished teacher/student/distill runs of recipe {recipe!r} in experiment "
                           f"{mlflow.get_experiment(experiment_id).name!r} of {mlflow.get_tracking_uri()}")
     chosen = runs[runs["run_id"].isin(table["run_id"])]
-    check_comparable(chosen)
+    check_comparable(chosen, recipe=recipe)
     csv, md = write_tables(table, report_stem(recipe, output, chosen))
     with mlflow.start_run(run_name=f"{recipe}-report"):
         mlflow.set_tags({"recipe": recipe, "role": "report"})

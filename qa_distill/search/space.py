@@ -1,4 +1,5 @@
-"""What the search samples: the ranges of temperature T and weight alpha (and optionally the lr).
+"""What the search samples: the ranges of temperature T and weight alpha (and optionally the layer
+terms' weights and the lr).
 
 Also the sampler, TPE seeded per trial: several workers share a study and a crashed one resumes
 it, so a trial's parameters follow from (seed, trial number), never from a process's history.
@@ -17,30 +18,43 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from qa_distill.config import SearchConfig
+from qa_distill.config import DistillConfig, SearchConfig
+
+LAYER_WEIGHTS = ("hidden_weight", "attention_weight")  # distillation settings a search may join to T and alpha
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The ranges a trial samples from; `learning_rate` is None when the lr is not searched."""
+    """The ranges a trial samples from; a range is None where its setting is not searched."""
 
     temperature: tuple[float, float] = (1.0, 10.0)
     alpha: tuple[float, float] = (0.0, 1.0)
     learning_rate: tuple[float, float] | None = None
-
-    def contains(self, temperature: float, alpha: float) -> bool:
-        return self.temperature[0] <= temperature <= self.temperature[1] and self.alpha[0] <= alpha <= self.alpha[1]
+    hidden_weight: tuple[float, float] | None = None
+    attention_weight: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, search: SearchConfig) -> SearchSpace:
         """The space of a `search` section (checked by `recipes.validate_search`)."""
-        return cls(search.temperature_range, search.alpha_range, search.lr_range if search.search_lr else None)
+        return cls(search.temperature_range, search.alpha_range, search.lr_range if search.search_lr else None,
+                   search.hidden_weight_range if search.search_hidden_weight else None,
+                   search.attention_weight_range if search.search_attention_weight else None)
+
+    def baseline(self, settings: DistillConfig) -> dict[str, float] | None:
+        """The recipe's own values of the searched distillation settings, None if one is out of range."""
+        own = {"temperature": settings.temperature, "alpha": settings.alpha}
+        own |= {name: getattr(settings, name) for name in LAYER_WEIGHTS if getattr(self, name)}
+        inside = all(getattr(self, name)[0] <= value <= getattr(self, name)[1] for name, value in own.items())
+        return own if inside else None
 
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         params = {
             "temperature": trial.suggest_float("temperature", *self.temperature, log=True),
             "alpha": trial.suggest_float("alpha", *self.alpha),
         }
+        for name in LAYER_WEIGHTS:  # linear: 0 (the term off) is a value like any other
+            if getattr(self, name):
+                params[name] = trial.suggest_float(name, *getattr(self, name))
         if self.learning_rate:
             lr = trial.suggest_float("learning_rate", *self.learning_rate, log=True)
             params["learning_rate"] = lr

@@ -169,7 +169,7 @@ def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[s
     teacher = load_teacher(config, prepared.student)
     warm_teacher_cache(prepared, teacher)
     k = config.distillation
-    baseline = {"temperature": k.temperature, "alpha": k.alpha} if space.contains(k.temperature, k.alpha) else None
+    baseline = space.baseline(k)
     study = open_study(study_name, storage, search.sampler_seed, pruner=pruner, first_params=baseline)
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}

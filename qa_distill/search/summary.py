@@ -19,6 +19,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from qa_distill.reporting.tables import write_tables
+from qa_distill.search.space import LAYER_WEIGHTS
 from qa_distill.search.storage import best_number
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "alpha": t.params.get("alpha"),
             "f1": t.value,
             "exact_match": t.user_attrs.get("exact_match"),
-            **({"learning_rate": t.params["learning_rate"]} if "learning_rate" in t.params else {}),
+            **{name: t.params[name] for name in (*LAYER_WEIGHTS, "learning_rate") if name in t.params},
             "duration_s": duration,
             "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
             **{k: t.user_attrs.get(k) for k in ("train_questions", "dev_questions", "epochs")},
@@ -53,9 +54,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 PLOTS: dict[str, tuple[str, dict[str, Any], int]] = {
     "history": ("plot_optimization_history", {}, 0),
     "importances": ("plot_param_importances", {}, 2),
-    "contour": ("plot_contour", {"params": ["temperature", "alpha"]}, 0),
+    "contour": ("plot_contour", {}, 0),  # over the searched distillation settings (`searched`)
     "intermediate": ("plot_intermediate_values", {}, 0),
 }
+
+
+def searched(study: optuna.Study) -> list[str]:
+    """T, alpha and the layer weights the study's trials sample, named in the contour plot."""
+    sampled = {name for t in study.get_trials(deepcopy=False) for name in t.params}
+    return ["temperature", "alpha", *(name for name in LAYER_WEIGHTS if name in sampled)]
 
 
 def write_plots(study: optuna.Study, stem: Path) -> list[Path]:
@@ -74,6 +81,7 @@ def write_plots(study: optuna.Study, stem: Path) -> list[Path]:
                 log.info("no %s plot: %d complete trials, it needs %d", name, complete, needs)
                 continue
             png, html = (stem.with_name(f"{stem.name}-{name}.{ext}") for ext in ("png", "html"))
+            kwargs = {"params": searched(study)} if name == "contour" else kwargs
             axes = getattr(mpl_vis, function)(study, **kwargs)
             figure = np.ravel(axes)[0].figure  # contour of 2 params is one Axes; more give a grid
             figure.savefig(png, dpi=100, bbox_inches="tight")
@@ -112,7 +120,8 @@ def log_summary(summary: dict[str, Any], files: list[Path]) -> None:
     numbers = ("best_f1", "best_exact_match", "n_trials", "n_complete", "n_pruned", "n_failed",
                "wall_seconds")
     mlflow.log_metrics({k: float(summary[k]) for k in numbers if summary.get(k) is not None})
-    params = ("best_temperature", "best_alpha", "best_learning_rate", "best_trial")
+    params = ("best_temperature", "best_alpha", *(f"best_{name}" for name in LAYER_WEIGHTS), "best_learning_rate",
+              "best_trial")
     mlflow.log_params({k: summary[k] for k in params if summary.get(k) is not None})
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="report")

@@ -1,6 +1,7 @@
 """One search trial's plumbing: its run configuration, its MLflow run and its pruning.
 
-A trial is the distill run with the trial's T and alpha, in its own directory. It is a nested
+A trial is the distill run with the trial's T and alpha (and the searched layer weights), in its
+own directory. It is a nested
 MLflow run under the search's parent run, whose status follows the trial (COMPLETE: FINISHED,
 PRUNED: KILLED, FAIL: FAILED; tag `state` says the same in Optuna's words), and it reports each
 epoch's dev F1 to Optuna's pruner.
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from qa_distill.config import RunConfig
+from qa_distill.search.space import LAYER_WEIGHTS
 from qa_distill.tracking import runs as tracking
 
 
@@ -80,6 +82,8 @@ def trial_config(base: RunConfig, number: int, params: dict[str, float]) -> RunC
     config.output_dir = str(trial_dir(base, number))
     config.distillation.temperature = params["temperature"]
     config.distillation.alpha = params["alpha"]
+    for name in LAYER_WEIGHTS:
+        setattr(config.distillation, name, params.get(name, getattr(base.distillation, name)))
     config.training.learning_rate = params.get("learning_rate", base.training.learning_rate)
     config.training.resume = False  # a retried trial gets a new number, never an old checkpoint
     config.tracking.register_model = False

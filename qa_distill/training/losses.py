@@ -1,14 +1,19 @@
-"""The task-specific distillation loss of DistilBERT's second step, for start and end logits.
+"""The task-specific distillation loss of DistilBERT's second step, for start and end logits,
+and the terms on the layers inside (TinyBERT, MiniLM), joined in `total_loss`.
 
     loss = mean over {start, end} of
            (1 - alpha) * CE(student, gold) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+           + hidden_weight * hidden_state_loss + attention_weight * attention_loss
 
 The T^2 factor keeps the soft term's gradients on the same scale as the hard term's when T
 changes (Hinton et al., 2015). The hard term is the QA head's own loss (gold positions past the
-window are ignored, as HF's QA models do), so alpha = 0 is plain fine-tuning, exactly.
+window are ignored, as HF's QA models do), so alpha = 0 is plain fine-tuning, exactly. A layer
+term whose weight is 0 is not computed at all, so weights of 0 give the logit loss bit for bit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,3 +73,69 @@ def distillation_loss(
         if alpha > 0:
             total = total + alpha * soft_loss(student, teacher.detach(), temperature, mask)
     return total / 2
+
+
+def _real(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of `(batch, seq, ...)` values at real (mask 1) positions, as `(rows, ...)`."""
+    return values.flatten(0, 1) if mask is None else values[mask.bool()]
+
+
+def hidden_state_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Hidden-state MSE over mapped pairs of `(batch, seq, hidden)` outputs (TinyBERT's term):
+
+        (1 / L) * sum over pairs l of  (1 / (N * H)) * sum over real positions i, dims d of (s_lid - t_lid)^2
+
+    with N the real (mask 1) positions of the batch and H the width; padding counts nowhere.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"{len(student)} student and {len(teacher)} teacher hidden states: give mapped pairs")
+    pairs = [F.mse_loss(_real(s.float(), mask), _real(t.float(), mask)) for s, t in zip(student, teacher, strict=True)]
+    return torch.stack(pairs).mean()
+
+
+def attention_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention-distribution KL over mapped pairs of `(batch, heads, seq, seq)` attention scores
+    (q.k / sqrt(d_head), before the softmax), as MiniLM distils its last layer:
+
+        (1 / L) * sum over pairs l of  (1 / (N * A)) * sum over real queries i, heads a of
+                  KL(softmax_j(t_laij) || softmax_j(s_laij))
+
+    the softmax taken over the real keys j only, N the real query positions and A the heads. KL,
+    not TinyBERT's MSE: each row is a distribution, and KL weighs it the same whatever the window
+    length, where an MSE of probabilities shrinks with the keys they are spread over.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"{len(student)} student and {len(teacher)} teacher attention maps: give mapped pairs")
+    pairs = []
+    for s, t in zip(student, teacher, strict=True):
+        s, t = s.float(), t.float()
+        if mask is not None:  # padded keys get no probability in either distribution
+            padded = ~mask.bool()[:, None, None, :]
+            s, t = s.masked_fill(padded, torch.finfo(s.dtype).min), t.masked_fill(padded, torch.finfo(t.dtype).min)
+        rows = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="none", log_target=True).sum(-1)
+        real = torch.ones_like(rows[:, 0]) if mask is None else mask.to(rows.dtype)  # (batch, queries)
+        pairs.append((rows * real[:, None, :]).sum() / (real.sum() * rows.size(1)))
+    return torch.stack(pairs).mean()
+
+
+def total_loss(
+    logit_loss: torch.Tensor,
+    *, hidden: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
+    hidden_weight: float = 0.0,
+    attention_weight: float = 0.0,
+) -> torch.Tensor:
+    """`logit_loss + hidden_weight * hidden + attention_weight * attention`, the one place the
+    terms meet; a term of weight 0 is left out (not added as 0 * term), so the sum is the logit
+    loss exactly."""
+    total = logit_loss
+    for weight, term, name in ((hidden_weight, hidden, "hidden"), (attention_weight, attention, "attention")):
+        if weight > 0:
+            if term is None:
+                raise ValueError(f"{name}_weight is {weight} but no {name} term was computed")
+            total = total + weight * term
+    return total

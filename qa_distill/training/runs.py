@@ -30,6 +30,7 @@ from qa_distill.runtime.progress import ProgressCallback, announce
 from qa_distill.saved_model import SavedSettings, save_settings
 from qa_distill.tracking import runs as tracking
 from qa_distill.training import lifecycle, preflight
+from qa_distill.training.layers import LayerTerms, layer_map
 from qa_distill.training.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.training.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
 
@@ -188,10 +189,15 @@ class Teacher:
 
 
 def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
-    """The fine-tuned teacher, checked to tokenize exactly as the student does."""
+    """The fine-tuned teacher, checked to tokenize exactly as the student does and, where the
+    run (or its search) uses layer terms, to match the student's layers."""
     loaded = load_qa_model(config.distillation.teacher)
     embeddings = loaded.model.get_input_embeddings().num_embeddings
     check_compatible(loaded.tokenizer, student.tokenizer, teacher_embeddings=embeddings)
+    k, s = config.distillation, config.search
+    attention = k.attention_weight > 0 or s.search_attention_weight
+    if attention or k.hidden_weight > 0 or s.search_hidden_weight:
+        layer_map(k.layer_map, student.model, loaded.model, stride=config.model.layer_stride, attention=attention)
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
@@ -214,11 +220,16 @@ def teacher_logits(
 def make_distill_trainer(
     p: Prepared, teacher: Teacher, *, callbacks: list[TrainerCallback] | None = None
 ) -> tuple[DistillationTrainer, dict[str, Any]]:
-    """A distillation trainer on the shared teacher-logits cache (or the teacher on the fly)."""
+    """A distillation trainer on the shared teacher-logits cache, or the teacher on the fly: asked
+    for, or for layer terms, whose teacher forward gives the logits too (the cache would only
+    spare the QA head's one linear layer, at the price of a pass over every window)."""
     k = p.config.distillation
     info: dict[str, Any] = {}
     kwargs = _trainer_kwargs(p, callbacks or [])
-    if k.teacher_cache:
+    terms = LayerTerms.of(k, p.student.model, teacher.model, stride=p.config.model.layer_stride)
+    if terms is not None and k.teacher_cache:
+        log.info("layer terms: the teacher runs on the fly beside the student; the logits cache is not used")
+    if k.teacher_cache and terms is None:
         began = time.perf_counter()
         logits, computed = teacher_logits(p, teacher, device=kwargs["args"].device)  # the training device
         info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,
@@ -230,6 +241,7 @@ def make_distill_trainer(
         temperature=k.temperature,
         alpha=k.alpha,
         precision=p.precision,
+        layers=terms,
         **kwargs,
     )
     return trainer, info

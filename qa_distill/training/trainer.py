@@ -3,7 +3,9 @@
 `QATrainer.evaluate` runs the model over the dev windows, turns logits into answers
 (postprocess) and scores them (metrics), so each epoch's evaluation reports EM/F1.
 `DistillationTrainer` only changes the loss: the teacher's logits come from the cache (or from
-the teacher on the fly) and join the gold labels through `losses.distillation_loss`.
+the teacher on the fly) and join the gold labels through `losses.distillation_loss`; with layer
+terms (`layers.LayerTerms`) the teacher runs on the fly for its layers, its logits come with them,
+and `losses.total_loss` adds the terms.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from qa_distill.data.metrics import squad_scores
 from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.models import accepts
 from qa_distill.runtime import hardware
-from qa_distill.training.losses import distillation_loss
+from qa_distill.training.layers import LayerTerms, forward_layers, teacher_layers
+from qa_distill.training.losses import attention_loss, distillation_loss, hidden_state_loss, total_loss
 from qa_distill.training.teacher_cache import TeacherLogits, teacher_forward
 
 
@@ -132,16 +135,20 @@ class DistillationTrainer(QATrainer):
         teacher_logits: TeacherLogits | None = None,
         teacher: PreTrainedModel | None = None,
         precision: str = "fp32",
+        layers: LayerTerms | None = None,
         **kwargs: Any,
     ) -> None:
         if (teacher_logits is None) == (teacher is None):
             raise ValueError("give exactly one of teacher_logits (cached) or teacher (on the fly)")
+        if layers is not None and teacher is None:
+            raise ValueError("layer terms need the teacher on the fly")
         super().__init__(*args, **kwargs)
         self.temperature = temperature
         self.alpha = alpha
         self.teacher_logits = teacher_logits
         self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
         self.teacher_precision = precision
+        self.layers = layers
 
     def _set_signature_columns_if_needed(self) -> None:
         # The Trainer keeps only the columns the student's forward names; the loss also needs
@@ -164,9 +171,15 @@ class DistillationTrainer(QATrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ):
-        outputs = model(**self._student_inputs(model, inputs))
+        terms = self.layers
+        student = forward_layers(model, self._student_inputs(model, inputs), outputs=terms and terms.outputs("student"),
+                                 tap=terms and terms.student_tap)
+        outputs = student.output
         width = outputs.start_logits.shape[1]
-        if self.teacher_logits is not None:
+        if terms is not None:
+            teacher = teacher_layers(self.teacher, inputs, self.teacher_precision, terms=terms)
+            t_start, t_end = teacher.output.start_logits.float(), teacher.output.end_logits.float()
+        elif self.teacher_logits is not None:
             t_start, t_end = self.teacher_logits.batch(inputs["feature_index"], width)
         else:
             t_start, t_end = teacher_forward(self.teacher, inputs, self.teacher_precision)
@@ -181,6 +194,15 @@ class DistillationTrainer(QATrainer):
             self.alpha,
             mask=inputs["attention_mask"],
         )
+        if terms is not None:
+            mask = inputs["attention_mask"]
+            loss = total_loss(
+                loss,
+                hidden=hidden_state_loss(student.hidden, teacher.hidden, mask) if student.hidden else None,
+                attention=attention_loss(student.attention, teacher.attention, mask) if student.attention else None,
+                hidden_weight=terms.hidden_weight,
+                attention_weight=terms.attention_weight,
+            )
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

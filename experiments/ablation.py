@@ -1,0 +1,98 @@
+"""The layer terms' ablation: a recipe's distill run four times, logits only, + hidden states,
++ attention, + both, each through `qa-distill distill`, as `<results>.csv` and `.md`.
+
+Each row is its own process and output directory (`<output-dir>/<row>`); a row whose directory
+holds the finished metrics of the same settings is read, not rerun, and a row killed midway
+resumes from its checkpoint. The runs log to the MLflow experiment `<recipe>-ablation` and
+register nothing, so the recipe's own `report` table keeps its distilled student. The teacher is
+the recipe's registered one (train it first: `qa-distill teacher --recipe cpu`) or `--teacher`.
+
+    python experiments/ablation.py --recipe cpu   # experiments/results/cpu-ablation.csv|md
+
+Test-sized runs (any `--set`) need `--results`: experiments/results/ holds full budgets only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from qa_distill.config import PROJECT_ROOT, RESULTS_DIR
+from qa_distill.errors import ConfigError
+from qa_distill.recipes import load_config, recipe_path
+from qa_distill.reporting.tables import write_tables
+from qa_distill.runtime.hardware import cpu_name
+
+ROWS = (("logits only", False, False), ("+ hidden", True, False), ("+ attention", False, True), ("+ both", True, True))
+
+
+def row_settings(args: argparse.Namespace, hidden: bool, attention: bool) -> list[str]:
+    """The `--set` items of one row: the caller's, then its experiment and the row's weights."""
+    return [*args.overrides, f"tracking.experiment={args.recipe_name}-ablation", "tracking.register_model=false",
+            f"distillation.hidden_weight={args.hidden_weight if hidden else 0.0}",
+            f"distillation.attention_weight={args.attention_weight if attention else 0.0}"]
+
+
+def run_row(args: argparse.Namespace, name: str, settings: list[str]) -> dict:
+    """The row's metrics: from its finished run of the same settings, else from `qa-distill distill`."""
+    out = Path(args.output_dir) / name.strip("+ ").replace(" ", "-")
+    asked = {"recipe": args.recipe, "teacher": args.teacher, "settings": settings}
+    done = out / "ablation.json"
+    if not (done.exists() and json.loads(done.read_text()) == asked and (out / "metrics.json").exists()):
+        command = [sys.executable, "-m", "qa_distill.cli", "distill", "--recipe", args.recipe,
+                   "--output-dir", str(out), *(["--teacher", args.teacher] if args.teacher else []),
+                   *(item for setting in settings for item in ("--set", setting))]
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+        subprocess.run(command, check=True, cwd=PROJECT_ROOT, env=env)
+        done.write_text(json.dumps(asked))
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="cpu", help="recipe name from experiments/ or a YAML file")
+    parser.add_argument("--teacher", default="", help="teacher model source (default: the recipe's registered one)")
+    parser.add_argument("--hidden-weight", type=float, default=1.0, help="distillation.hidden_weight of its rows")
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="distillation.attention_weight of its rows")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--output-dir", default="", help="rows' model directories (default outputs/<recipe>/ablation)")
+    parser.add_argument("--results", default="", help="table path stem (default experiments/results/<recipe>-ablation)")
+    args = parser.parse_args(argv)
+    args.recipe_name = recipe_path(args.recipe).stem
+    if not args.results and (args.overrides or args.recipe_name != args.recipe):
+        raise ConfigError("experiments/results/ holds the ablation of a committed recipe at its own budget: "
+                          "pass --results for this one")
+    args.output_dir = args.output_dir or str(PROJECT_ROOT / "outputs" / args.recipe_name / "ablation")
+    for _, hidden, attention in ROWS:  # every row's settings checked before the first one trains
+        load_config(args.recipe, "distill", overrides=row_settings(args, hidden, attention))
+    rows = []
+    for name, hidden, attention in ROWS:
+        settings = row_settings(args, hidden, attention)
+        config = load_config(args.recipe, "distill", overrides=settings)
+        metrics = run_row(args, name, settings)
+        k = config.distillation
+        rows.append({
+            "row": name, "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,
+            "temperature": k.temperature, "alpha": k.alpha, "exact_match": metrics["exact_match"],
+            "f1": metrics["f1"], "train_minutes": metrics["train_seconds"] / 60,
+            "windows_per_second": metrics["train_windows_per_second"], "epochs": config.training.epochs,
+            "train_questions": config.data.train_questions, "dev_questions": metrics["dev_questions"],
+            "cpu": cpu_name(),
+        })
+    table = pd.DataFrame(rows)
+    write_tables(table, Path(args.results) if args.results else RESULTS_DIR / f"{args.recipe_name}-ablation",
+                 formats={"train_minutes": ".1f", "dev_questions": ".0f", "train_questions": ".0f"})
+    return table
+
+
+if __name__ == "__main__":
+    try:
+        print(main().to_markdown(index=False))
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")

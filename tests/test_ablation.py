@@ -1,0 +1,53 @@
+"""experiments/ablation.py end to end on the tiny recipe: four `qa-distill distill` runs, one table."""
+
+import importlib.util
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from qa_distill.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "recipes" / "tiny.yaml")
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "experiments" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_four_rows_from_the_projects_distill_command(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    args = ["--recipe", TINY, "--teacher", tiny_bert, "--hidden-weight", "0.5", "--attention-weight", "2.0",
+            "--set", f"model.name={tiny_bert}", "--set", f"data.data={dev_sample}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--output-dir", str(tmp_path / "rows"), "--results", str(tmp_path / "tiny-ablation")]
+    table = _ablation().main(args)
+    written = pd.read_csv(tmp_path / "tiny-ablation.csv")
+    assert list(written["row"]) == ["logits only", "+ hidden", "+ attention", "+ both"]
+    assert list(written["hidden_weight"]) == [0.0, 0.5, 0.0, 0.5]
+    assert list(written["attention_weight"]) == [0.0, 0.0, 2.0, 2.0]
+    assert (written["train_minutes"] > 0).all() and (written["windows_per_second"] > 0).all()
+    assert written["cpu"].str.len().gt(0).all() and "| + both" in (tmp_path / "tiny-ablation.md").read_text()
+    runs = mlflow.search_runs(experiment_names=["tiny-ablation"])
+    assert sorted(runs["params.distillation.hidden_weight"]) == ["0.0", "0.0", "0.5", "0.5"]
+    # a rerun reads the finished rows instead of training them again
+    again = _ablation().main(args)
+    assert list(again["f1"]) == list(table["f1"])
+    assert len(mlflow.search_runs(experiment_names=["tiny-ablation"])) == 4
+
+
+def test_a_test_sized_ablation_never_writes_into_experiments_results(tiny_bert):
+    with pytest.raises(ConfigError, match="pass --results"):
+        _ablation().main(["--recipe", "cpu", "--set", "data.train_questions=16"])
+
+
+def test_bad_weights_are_refused_before_any_row_trains(tmp_path):
+    with pytest.raises(ConfigError, match="distillation.attention_weight must be a finite number >= 0"):
+        _ablation().main(["--recipe", "cpu", "--attention-weight", "-1", "--results", str(tmp_path / "x"),
+                          "--output-dir", str(tmp_path / "rows")])
+    assert not (tmp_path / "rows").exists()
