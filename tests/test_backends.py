@@ -17,7 +17,7 @@ from qa_distill.inference import compiled, onnx_runtime, predictor
 from qa_distill.inference.compiled import ModuleLogits, StartEnd
 from qa_distill.inference.onnx_runtime import OnnxLogits
 from qa_distill.inference.predictor import RUNTIMES, QAPredictor
-from qa_distill.recipes import validate_speed
+from qa_distill.validation import validate_speed
 
 from .conftest import DEV_JSON
 

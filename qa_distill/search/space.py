@@ -3,7 +3,7 @@ terms' weights and the lr).
 
 Also the sampler, TPE seeded per trial: several workers share a study and a crashed one resumes
 it, so a trial's parameters follow from (seed, trial number), never from a process's history.
-The ranges come from the recipe's `search` section, checked with it (`recipes.validate_search`).
+The ranges come from the recipe's `search` section, checked with it (`validation.validate_search`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class SearchSpace:
 
     @classmethod
     def of(cls, search: SearchConfig) -> SearchSpace:
-        """The space of a `search` section (checked by `recipes.validate_search`)."""
+        """The space of a `search` section (checked by `validation.validate_search`)."""
         return cls(search.temperature_range, search.alpha_range, search.lr_range if search.search_lr else None,
                    search.hidden_weight_range if search.search_hidden_weight else None,
                    search.attention_weight_range if search.search_attention_weight else None)

@@ -29,7 +29,6 @@ from qa_distill.data.features import cache_dir
 from qa_distill.errors import ConfigError
 from qa_distill.inference.evaluate import evaluate_model
 from qa_distill.inference.mlflow_model import log_qa_model
-from qa_distill.recipes import validate_search
 from qa_distill.runtime import processes
 from qa_distill.runtime.distributed import world_size
 from qa_distill.search.space import SearchSpace
@@ -47,6 +46,7 @@ from qa_distill.training.runs import (
     teacher_logits,
     train_distill,
 )
+from qa_distill.validation import validate_search
 
 
 def warm_teacher_cache(prepared: Prepared, teacher: Teacher) -> None:

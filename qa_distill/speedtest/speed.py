@@ -39,7 +39,6 @@ from qa_distill.errors import ConfigError, ModelError
 from qa_distill.inference import compiled, library_cache
 from qa_distill.inference.predictor import QAPredictor
 from qa_distill.models import load_config, load_tokenizer, resolve_source
-from qa_distill.recipes import validate_speed
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.runtime.progress import announce
@@ -48,6 +47,7 @@ from qa_distill.speedtest.timing import Answerer, Timing, measure
 from qa_distill.speedtest.tradeoff import log_to_run_and_parent, tradeoff_stem, write_tradeoff
 from qa_distill.tracking.registry import LATENCY_FIGURES, pin_versions, tag_versions
 from qa_distill.tracking.runs import setup as setup_tracking
+from qa_distill.validation import validate_speed
 
 log = logging.getLogger(__name__)
 
