@@ -162,8 +162,8 @@ def log_best_model(
     if path is None:
         objective.drop_best_here()
         return _logged_uri(study, best)
-    # of two workers adopting one model, one logs it (the lock beside the model: not logged with it)
-    with open(path.with_name(f"{path.name}.lock"), "w") as handle:
+    # of two workers adopting one model, one logs it (the lock outside the model: not logged with it)
+    with open(path.parent / "logging-best-model.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         if not objective.holds(best):
             if uri := _logged_uri(study, best):
