@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +53,26 @@ def test_output_directory_under_a_file_or_without_room():
     blocker = Path(__file__)
     with pytest.raises(ConfigError, match="is a file, not a directory"):
         preflight.check_output_dir(str(blocker / "out"), 1000)
-    with pytest.raises(ConfigError, match="GB free, the model and its checkpoints need"):
+    with pytest.raises(ConfigError, match="GB free; the model and its checkpoints need .* GB missing"):
         preflight.check_output_dir("/tmp/qa-distill-never-made", 10**18)
     preflight.check_output_dir("/tmp/qa-distill-never-made/deeper", 1000)
     assert not Path("/tmp/qa-distill-never-made").exists()  # checking creates nothing
+
+
+def test_a_resume_counts_the_room_of_the_checkpoints_it_replaces(tmp_path, monkeypatch):
+    gb = preflight.GB
+    out = tmp_path / "out"
+    for name, size in (("checkpoint-4/optimizer.pt", 3 * gb), ("checkpoint-2/model.safetensors", gb)):
+        (out / name).parent.mkdir(parents=True)
+        with open(out / name, "wb") as f:
+            f.truncate(size)  # sparse: the size without the disk
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, int(3.5 * gb)))
+    preflight.check_output_dir(str(out), gb)  # needs 7 GB: 3.5 free + 4 in checkpoints it replaces
+    with pytest.raises(ConfigError, match=r"3.50 GB free and 4.00 GB of checkpoints .* 8.40 GB, 0.90 GB missing"):
+        preflight.check_output_dir(str(out), int(1.2 * gb))
+    shutil.rmtree(out / "checkpoint-2")
+    with pytest.raises(ConfigError, match=r"0.50 GB missing"):
+        preflight.check_output_dir(str(out), gb)
 
 
 def test_an_output_dir_under_a_file_stops_the_run_before_tokenising(tmp_path, tracking_uri, dev_sample, tiny_bert,

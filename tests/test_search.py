@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,10 +19,12 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from qa_distill.config import RunConfig, SearchConfig
 from qa_distill.recipes import load_config
+from qa_distill.runtime import processes
 from qa_distill.search import storage as study_storage
 from qa_distill.search import study as search
 from qa_distill.search import summary as search_report
@@ -267,6 +270,81 @@ def test_stale_trial_ends_its_mlflow_run_and_is_retried(config: RunConfig):
     assert (r.info.status, r.data.tags["state"]) == ("FAILED", "FAIL")
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].params == trial.params
+
+
+def _dead_worker() -> str:
+    """The `worker` tag of a process on this host that has ended."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return f"{socket.gethostname()}:{gone.pid}:"
+
+
+def _running_trial(study: optuna.Study, experiment_id: str, worker: str | None) -> tuple[int, str]:
+    trial = study.ask()
+    trial.suggest_float("alpha", 0.0, 1.0)
+    run_id = mlflow.MlflowClient().create_run(experiment_id).info.run_id  # RUNNING, as a worker leaves it
+    trial.set_user_attr("mlflow_run_id", run_id)
+    if worker is not None:
+        trial.set_user_attr(study_storage.WORKER_ATTR, worker)
+    return trial.number, run_id
+
+
+def test_a_starting_worker_fails_at_once_the_trials_whose_worker_is_gone(config: RunConfig, caplog):
+    url = study_storage.default_storage(config)
+    study = study_storage.open_study("orphans", url, sampler_seed=0)
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+    dead, dead_run = _running_trial(study, experiment, _dead_worker())
+    live, live_run = _running_trial(study, experiment, processes.process_tag())  # this process
+    unnamed, _ = _running_trial(study, experiment, None)  # started, its worker not yet recorded
+    silent, silent_run = _running_trial(study, experiment, "another-host:1:")
+    beating, _ = _running_trial(study, experiment, "another-host:2:")
+    engine = sqlalchemy.create_engine(url)
+    for number, age in ((silent, study_storage.GRACE_SECONDS + 10), (beating, study_storage.GRACE_SECONDS - 10)):
+        study._storage.record_heartbeat(study.trials[number]._trial_id)
+        with engine.begin() as db:  # as if the worker's last beat were `age` seconds ago
+            db.execute(sqlalchemy.text(f"UPDATE trial_heartbeats SET heartbeat = datetime('now', '-{age} seconds') "
+                                       "WHERE trial_id = :id"), {"id": study.trials[number]._trial_id})
+
+    with caplog.at_level("WARNING"):
+        assert study_storage.fail_orphaned_trials(study) == [dead]
+
+    states = {t.number: t.state for t in study.trials}
+    assert [n for n, s in states.items() if s == TrialState.FAIL] == [dead, silent]
+    assert {states[n] for n in (live, unnamed, beating)} == {TrialState.RUNNING}
+    retries = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.params["alpha"] for t in retries) == sorted(study.trials[n].params["alpha"] for n in (dead, silent))
+    client = mlflow.MlflowClient()
+    assert [client.get_run(r).info.status for r in (dead_run, silent_run, live_run)] == ["FAILED", "FAILED", "RUNNING"]
+    warned = [r.getMessage() for r in caplog.records if "its worker is gone" in r.getMessage()]
+    assert warned == [f"trial {dead}: its worker is gone; MLflow run {dead_run} ended FAILED, the trial retried "
+                      "as a new one",
+                      f"trial {silent}: its worker is gone; MLflow run {silent_run} ended FAILED, the trial retried "
+                      "as a new one"]
+    assert study_storage.fail_orphaned_trials(study) == []  # once only
+
+
+@pytest.mark.slow
+def test_the_best_model_of_a_worker_that_died_before_logging_it_is_logged_by_the_next(config: RunConfig, monkeypatch,
+                                                                                      caplog):
+    with monkeypatch.context() as died:  # the first worker: its trial completes, then it dies unlogged
+        died.setattr(search.processes, "process_tag", _dead_worker)
+        died.setattr(search, "log_best_model", lambda *args: None)
+        first = run(config, "adopt", n_trials=1, register=False)
+    assert first["best_trial"] == 0 and first["model_uri"] is None
+    assert (Path(config.output_dir) / "trial-0" / "config.json").is_file()
+
+    def fail(p, *args, **kwargs):
+        raise RuntimeError("boom")  # the next worker's own trial fails: trial 0 stays the best
+
+    monkeypatch.setattr(search, "train_distill", fail)
+    with caplog.at_level("WARNING"):
+        second = run(config, "adopt", n_trials=1, register=False)
+    assert second["best_trial"] == 0 and second["model_logged_for_dead_worker"]
+    assert second["model_uri"] and mlflow.pyfunc.load_model(second["model_uri"]).predict(
+        pd.DataFrame({"question": ["Who wrote it?"], "context": ["Ada wrote it."]}))
+    assert "trial 0's worker died before logging the study's best model: logging it from" in caplog.text
+    third = run(config, "adopt", n_trials=1, register=False)  # logged once: a later worker reports it
+    assert third["model_uri"] == second["model_uri"] and "model_logged_for_dead_worker" not in third
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

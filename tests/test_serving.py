@@ -183,3 +183,31 @@ def test_bad_requests_get_a_400_with_the_reason(server, rows):
     assert _refused(server, {"dataframe_records": [row, too_long]}).endswith(
         f"context of row 1 has {MAX_CONTEXT_WORDS + 1} words, over the limit of {MAX_CONTEXT_WORDS} "
         "(model config max_context_words)")
+
+
+def test_every_length_band_gets_an_answer_or_a_one_line_400(server, tiny_bert):
+    from .test_request_lengths import bands, words
+
+    limit = QAPredictor(tiny_bert).max_question_tokens  # of the saved 384-token window
+    questions, contexts = bands(limit, 384)
+    contexts += (MAX_CONTEXT_WORDS + 1,)
+    fitting = []
+    for q in questions:
+        for c in contexts:
+            row = {"question": words("why", q), "context": words("word", c)}
+            if c > MAX_CONTEXT_WORDS:  # checked first
+                assert _refused(server, {"dataframe_records": [row]}).endswith("(model config max_context_words)")
+            elif q > limit:
+                assert _refused(server, {"dataframe_records": [row]}).endswith(
+                    f"the question has {q} tokens, over the limit of {limit} (half of the model's 384-token window)")
+            else:
+                status, body = _post(server, {"dataframe_records": [row]})
+                assert status == 200, body
+                (answer,) = json.loads(body)["predictions"]
+                assert answer in row["context"]
+                fitting.append((row, answer))
+    status, body = _post(server, {"dataframe_records": [row for row, _ in fitting]})
+    assert status == 200 and json.loads(body)["predictions"] == [answer for _, answer in fitting]
+    too_long = {"question": words("why", limit + 1), "context": "word"}
+    assert _refused(server, {"dataframe_records": [fitting[0][0], too_long]}).endswith(
+        f"question of row 1 has {limit + 1} tokens, over the limit of {limit} (half of the model's 384-token window)")

@@ -8,7 +8,8 @@ predictor per backend, built on first use. A bad request raises an `MlflowExcept
 one-line message, which `mlflow models serve` answers with HTTP 400 (any other exception would
 come back with its traceback). A context longer than `max_context_words` (model config, saved
 with the model; `mlflow.pyfunc.load_model(uri, model_config=...)` overrides it) is refused:
-its windows would keep a server busy for seconds.
+its windows would keep a server busy for seconds; so is a question over half the model's
+window (the predictor's `max_question_tokens`).
 
 The model is logged from code, not pickled: MLflow runs `pyfunc_model.py` (saved with the model)
 to build it from the bundled `qa_distill` package, so loading runs no unpickling and no module
@@ -34,6 +35,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from qa_distill.config import BACKENDS
+from qa_distill.errors import QaDistillError
 from qa_distill.inference.requirements import PACKAGE_DIR, pinned_requirements
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to build the model
@@ -99,7 +101,10 @@ class QAModel(mlflow.pyfunc.PythonModel):
             raise bad_request(f"expected rows of question and context: {exc}") from None
         backend = (params or {}).get("backend") or "fp32"
         check_request(frame, backend, self.max_context_words)
-        return self.predictor(backend).answer_batch(list(frame["question"]), list(frame["context"]))
+        try:
+            return self.predictor(backend).answer_batch(list(frame["question"]), list(frame["context"]))
+        except QaDistillError as exc:  # a question over the limit: the predictor names it
+            raise bad_request(str(exc)) from None
 
 
 @contextmanager

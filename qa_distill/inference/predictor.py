@@ -10,6 +10,11 @@ builds the forward pass at its precision, and its padding sets the width of each
   which casts them on every call;
 - runtime "onnxruntime": the model exported to ONNX and run by ONNX Runtime (`onnx_runtime.py`,
   the `onnx` extra).
+
+A question may take at most half of the window (`max_question_tokens`); a longer one is refused
+in one line (a `DataError`) rather than left to the tokenizer, which fails on it with a
+traceback or a panic. Where a question leaves its context less room than the document stride,
+that question's windows overlap by half their context share instead.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import nn
 from qa_distill.backends import usable
 from qa_distill.data.features import context_offsets, encode_windows
 from qa_distill.data.postprocess import pad_offsets, postprocess
+from qa_distill.errors import DataError
 from qa_distill.inference import compiled, onnx_runtime
 from qa_distill.inference.compiled import Forward
 from qa_distill.models import input_names, load_qa_model, resolve_source
@@ -121,10 +127,39 @@ class QAPredictor:
             end[rows, :longest] = end_logits.float().numpy()
         return start, end
 
+    @property
+    def max_question_tokens(self) -> int:
+        """The longest question answered: half of the window, the rest is the context's."""
+        return (self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True)) // 2
+
+    def strides(self, questions: list[str]) -> list[int]:
+        """The document stride of each question's windows; refuses a question over the limit."""
+        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True)
+        counts = [len(ids) for ids in self.tokenizer([q.lstrip() for q in questions], add_special_tokens=False,
+                                                     truncation=False)["input_ids"]] if questions else []
+        for row, count in enumerate(counts):
+            if count > self.max_question_tokens:
+                which = "the question" if len(questions) == 1 else f"question of row {row}"
+                raise DataError(f"{which} has {count} tokens, over the limit of {self.max_question_tokens} "
+                                f"(half of the model's {self.max_length}-token window)")
+        # the tokenizer needs a stride below the context's share of the window
+        return [self.doc_stride if self.doc_stride < room - n else (room - n) // 2 for n in counts]
+
     def answer_batch(self, questions: list[str], contexts: list[str]) -> list[str]:
-        """One answer per (question, context) pair; all their windows in shared batches."""
+        """One answer per (question, context) pair; all their windows in shared batches (one
+        set of batches per stride: a long question shrinks its own windows' stride, not others')."""
+        strides = self.strides(questions)
+        answers = [""] * len(questions)
+        for stride in set(strides):
+            rows = [i for i, s in enumerate(strides) if s == stride]
+            found = self._answer([questions[i] for i in rows], [contexts[i] for i in rows], stride)
+            for i, answer in zip(rows, found, strict=True):
+                answers[i] = answer
+        return answers
+
+    def _answer(self, questions: list[str], contexts: list[str], stride: int) -> list[str]:
         ids = [str(i) for i in range(len(questions))]
-        enc = encode_windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=self.doc_stride)
+        enc = encode_windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=stride)
         start, end = self._logits(enc)
         example_ids = [ids[i] for i in enc["overflow_to_sample_mapping"]]
         offsets = pad_offsets(context_offsets(enc), start.shape[1])

@@ -2,8 +2,10 @@
 
 The study lives in an RDB storage (SQLite in the output directory by default, or any Optuna URL
 such as PostgreSQL), so a crashed study resumes under the same name and several `search`
-processes on one study share the trials. Heartbeats let a trial whose worker died be failed
-(its MLflow run too) and retried once instead of staying RUNNING.
+processes on one study share the trials. A trial whose worker died is failed (its MLflow run
+too) and retried once instead of staying RUNNING: at once by a worker starting on the same host,
+which sees that the process named in the trial's `worker` attribute is gone, and otherwise by any
+worker once the trial's heartbeat is older than `GRACE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from qa_distill.config import RunConfig
+from qa_distill.runtime import processes
 from qa_distill.search.space import TrialSeededTPE
 
 log = logging.getLogger(__name__)
+
+# A live worker writes its trial's heartbeat every HEARTBEAT_SECONDS (one row update, from a
+# thread beside training); a trial is stale once three beats in a row are missing, which rides
+# out a busy database or a long pause of the process without waiting Optuna's usual 2 minutes.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 3 * HEARTBEAT_SECONDS
+WORKER_ATTR = "worker"  # the trial's user attribute naming its process (`processes.process_tag`)
 
 
 def default_storage(config: RunConfig) -> str:
@@ -44,6 +54,8 @@ def redact(url: str) -> str:
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """A worker died mid-trial: end the trial's MLflow run as FAILED, then retry it once."""
     run_id = trial.user_attrs.get("mlflow_run_id")
+    log.warning("trial %d: its worker is gone; MLflow run %s ended FAILED, the trial retried as a new one",
+                trial.number, run_id or "(none)")
     if run_id:
         try:
             client = mlflow.MlflowClient()
@@ -64,7 +76,7 @@ def rdb_storage(url: str, *, attempts: int = 3) -> RDBStorage:
     once the winner has created them.
     """
     make = partial(
-        RDBStorage, url, heartbeat_interval=60, grace_period=120,
+        RDBStorage, url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
         heartbeat_stale_trial_callback=retry_stale_trial,
     )
     for attempt in range(1, attempts):
@@ -74,6 +86,27 @@ def rdb_storage(url: str, *, attempts: int = 3) -> RDBStorage:
             log.info("creating the Optuna tables failed (%s); retrying", exc.orig)
             time.sleep(attempt)
     return make()
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail (and retry) the RUNNING trials whose worker is gone: on this host a process that no
+    longer runs, anywhere a heartbeat older than the grace. Returns the numbers of the first kind
+    (each failed trial gets its warning line from `retry_stale_trial`)."""
+    storage = study._storage
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = trial.user_attrs.get(WORKER_ATTR)
+        if tag is None or processes.is_alive(tag):
+            continue  # no worker named yet, or not provably dead: the heartbeat decides
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another starting worker failed it first
+            continue
+        retry_stale_trial(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    optuna.storages.fail_stale_trials(study)  # heartbeats older than the grace, on any host
+    return failed
 
 
 def open_study(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +33,14 @@ from qa_distill.inference.mlflow_model import log_qa_model
 from qa_distill.runtime import processes
 from qa_distill.runtime.distributed import world_size
 from qa_distill.search.space import SearchSpace
-from qa_distill.search.storage import best_number, default_storage, open_study, redact
+from qa_distill.search.storage import (
+    WORKER_ATTR,
+    best_number,
+    default_storage,
+    fail_orphaned_trials,
+    open_study,
+    redact,
+)
 from qa_distill.search.summary import log_summary, summarise, write_report
 from qa_distill.search.trial import PruningCallback, trial_config, trial_dir, trial_run
 from qa_distill.tracking import runs as tracking
@@ -47,6 +55,9 @@ from qa_distill.training.runs import (
     train_distill,
 )
 from qa_distill.validation import validate_search
+
+log = logging.getLogger(__name__)
+LOGGED_ATTR = "best_model"  # study attribute: {"trial": number, "uri": model URI} of the last best model logged
 
 
 def warm_teacher_cache(prepared: Prepared, teacher: Teacher) -> None:
@@ -84,6 +95,7 @@ class Objective:
         # the budget each trial had, for the trials table (a study may cut the recipe to fit)
         budget = {"train_questions": len(self.prepared.train_examples),
                   "dev_questions": len(self.prepared.dev_examples), "epochs": config.training.epochs}
+        trial.set_user_attr(WORKER_ATTR, processes.process_tag())  # a later worker can tell if this one died
         for key, value in budget.items():
             trial.set_user_attr(key, value)
         with trial_run(config, trial):
@@ -112,29 +124,67 @@ class Objective:
             self.best_here = None
 
 
+def _logged_uri(study: optuna.Study, number: int | None) -> str | None:
+    logged = study.user_attrs.get(LOGGED_ATTR) or {}
+    return logged.get("uri") if number is not None and logged.get("trial") == number else None
+
+
+def orphaned_model(objective: Objective, study: optuna.Study, number: int | None) -> Path | None:
+    """The saved model of trial `number` when the worker that trained it is gone without logging it."""
+    if number is None or _logged_uri(study, number):
+        return None
+    (trial,) = (t for t in study.get_trials(deepcopy=False) if t.number == number)
+    path = objective.trial_dir(number)
+    if processes.is_alive(trial.user_attrs.get(WORKER_ATTR)) or not (path / "config.json").is_file():
+        return None
+    return path
+
+
+def best_model_path(objective: Objective, study: optuna.Study, best_trial: int | None) -> Path | None:
+    """The best trial's saved model if this process logs it: its own, or one its dead worker left."""
+    if objective.holds(best_trial):
+        return objective.trial_dir(best_trial)
+    return orphaned_model(objective, study, best_trial)
+
+
 def log_best_model(
-    objective: Objective, summary: dict[str, Any], registered: str | None
+    objective: Objective, study: optuna.Study, summary: dict[str, Any], registered: str | None
 ) -> str | None:
-    """Log (and register) the best model if this process trained it; else drop what it kept.
+    """Log (and register) the best model if this process trained it, or if the worker that trained
+    it died before logging it (from its saved weights); else drop what it kept.
 
     With several workers only the one that ran the best trial holds its model, so a model is
-    registered once per improvement, not once per worker.
+    registered once per improvement, not once per worker. Returns the best model's URI, also when
+    another worker logged it.
     """
-    if not objective.holds(summary["best_trial"]):
+    best = summary["best_trial"]
+    path = best_model_path(objective, study, best)
+    if path is None:
         objective.drop_best_here()
-        return None
-    uri = log_qa_model(objective.trial_dir(objective.best_here), registered)
+        return _logged_uri(study, best)
+    # of two workers adopting one model, one logs it (the lock outside the model: not logged with it)
+    with open(path.parent / "logging-best-model.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not objective.holds(best):
+            if uri := _logged_uri(study, best):
+                return uri
+            log.warning("trial %d's worker died before logging the study's best model: logging it from %s",
+                        best, path)
+            summary["model_logged_for_dead_worker"] = True
+        uri = log_qa_model(path, registered)
+        study.set_user_attr(LOGGED_ATTR, {"trial": best, "uri": uri})
     mlflow.set_tag("model_uri", uri)
     return uri
 
 
-def score_on_full_dev(objective: Objective, summary: dict[str, Any]) -> dict[str, float]:
+def score_on_full_dev(objective: Objective, study: optuna.Study, summary: dict[str, Any]) -> dict[str, float]:
     """Trials score on a dev subset to fit a budget; the best model is then scored on all of it."""
     data = objective.prepared.config.data
-    if data.dev_questions is None or not objective.holds(summary["best_trial"]):
+    path = best_model_path(objective, study, summary["best_trial"])
+    if data.dev_questions is None or path is None:
         return {}
     full = dataclasses.replace(data, dev_questions=None)
-    scores = evaluate_model(str(objective.trial_dir(objective.best_here)), full, backend="fp32")  # the reference
+    scores = evaluate_model(str(path), full, backend="fp32")  # the reference
     result = {"best_full_dev_f1": scores["f1"], "best_full_dev_exact_match": scores["exact_match"],
               "full_dev_questions": scores["dev_questions"]}
     mlflow.log_metrics(result)
@@ -171,6 +221,7 @@ def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[s
     k = config.distillation
     baseline = space.baseline(k)
     study = open_study(study_name, storage, search.sampler_seed, pruner=pruner, first_params=baseline)
+    fail_orphaned_trials(study)  # a worker killed mid-trial: its trial fails and is retried now, not in minutes
     objective = Objective(prepared, teacher, space)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage), "role": "search"}
     # a worker killed mid-study never ended its parent run; its trial is retried by Optuna
@@ -183,10 +234,10 @@ def run_search(config: RunConfig, *, pruner: BasePruner | None = None) -> dict[s
             callbacks=[objective.after_trial], gc_after_trial=True,
         )
         summary = summarise(study, objective.trials_run)
-        summary |= score_on_full_dev(objective, summary)
+        summary |= score_on_full_dev(objective, study, summary)
         summary |= {"wall_seconds": time.perf_counter() - began, "storage": redact(storage)}
         stem = Path(search.results_stem) if search.results_stem else Path(config.output_dir) / "report" / study_name
         log_summary(summary, write_report(study, stem))
         registered = registered_name(config.recipe, "search-best") if search.register else None
-        summary["model_uri"] = log_best_model(objective, summary, registered)
+        summary["model_uri"] = log_best_model(objective, study, summary, registered)
         return {**summary, "run_id": run.info.run_id}

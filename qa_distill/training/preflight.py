@@ -28,8 +28,15 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _reclaimable(target: Path) -> int:
+    """Bytes of the checkpoints already in the output directory: the one a resume continues from
+    and any older or unfinished ones; the run removes each of them before it needs their room."""
+    return sum(f.stat().st_size for d in target.glob("checkpoint-*") for f in d.rglob("*") if f.is_file())
+
+
 def check_output_dir(output_dir: str, model_bytes: int) -> None:
-    """The output directory can be created and written, with room for the model and its checkpoints."""
+    """The output directory can be created and written, with room for the model and its checkpoints
+    (counting the room of the checkpoints already there, which a resume reuses or replaces)."""
     target = Path(output_dir)
     base = _existing_ancestor(target)
     if not base.is_dir():
@@ -38,10 +45,13 @@ def check_output_dir(output_dir: str, model_bytes: int) -> None:
         raise ConfigError(f"output directory {output_dir}: {base} is not writable (read-only or not ours)")
     needed = model_bytes * (1 + CHECKPOINT_COPIES)
     free = shutil.disk_usage(base).free
-    if free < needed:
+    there = _reclaimable(target) if target.is_dir() else 0
+    if free + there < needed:
+        theirs = f" and {there / GB:.2f} GB of checkpoints this run replaces" if there else ""
         raise ConfigError(
-            f"output directory {output_dir}: {free / GB:.2f} GB free, the model and its checkpoints need "
-            f"about {needed / GB:.2f} GB; free some space or choose another --output-dir"
+            f"output directory {output_dir}: {free / GB:.2f} GB free{theirs}; the model and its checkpoints need "
+            f"about {needed / GB:.2f} GB, {(needed - free - there) / GB:.2f} GB missing; free some space or "
+            "choose another --output-dir"
         )
 
 

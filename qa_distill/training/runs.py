@@ -148,7 +148,7 @@ def _train_and_log(
         "dev_questions": last["eval_questions"],
         "train_seconds": train_seconds,
         "train_windows_per_second": result.metrics.get("train_samples_per_second", 0.0),
-        "train_loss": result.training_loss,
+        "train_loss": trainer.whole_run_loss(),  # every step, those before a resume included
         **extra_metrics,
     }
     trainer.save_model(str(out))  # every process calls it; the Trainer writes from the main one

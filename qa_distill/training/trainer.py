@@ -11,13 +11,17 @@ and `losses.total_loss` adds the terms.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from qa_distill.config import AnswerConfig, TrainingConfig
 from qa_distill.data.metrics import squad_scores
@@ -72,8 +76,37 @@ def training_arguments(config: TrainingConfig, output_dir: str, *, precision: st
     )
 
 
+LOSS_STATE = "qa_distill_loss.json"  # in each checkpoint: the running loss sums a resume carries on
+
+
+class EpochSeededSampler(LengthGroupedSampler):
+    """Length-grouped shuffling whose order depends only on the seed and the epoch.
+
+    The Trainer's own sampler draws each epoch's order from the global RNG, whose state at an
+    epoch's start is only known to the run that trained the epochs before it: a run resumed in
+    the middle of epoch 2 drew epoch 1's order again and skipped the wrong batches.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], *, seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it (through accelerate) before each epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class QATrainer(Trainer):
-    """A Trainer whose evaluation is SQuAD EM/F1 over post-processed answers."""
+    """A Trainer whose evaluation is SQuAD EM/F1 over post-processed answers.
+
+    Its training resumes exactly: each epoch's order is a function of the seed and the epoch
+    (`EpochSeededSampler`), and a checkpoint carries the loss sums of the steps before it, so
+    the resumed run logs the same losses and its `train_loss` is the mean over every step.
+    """
 
     def __init__(
         self,
@@ -87,6 +120,43 @@ class QATrainer(Trainer):
         self.answers = answers or AnswerConfig()
         self.predictions: dict[str, str] = {}
         self.eval_history: list[dict[str, float]] = []
+        self._loss_before = 0.0  # loss summed over the logged steps of the runs this one resumes
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
+        # the windows' lengths: `train_dataset` comes without its unused columns, the length among them
+        lengths = list(self.train_dataset[self.args.length_column_name])
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochSeededSampler(batch, lengths, seed=seed)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            state = {"logged": self._loss_before + self._total_loss_scalar, "pending": self._tr_loss.item(),
+                     "last_logged_step": self._globalstep_last_logged}
+            (folder / LOSS_STATE).write_text(json.dumps(state))
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        # `train` has just zeroed its loss sums: the resumed epoch starts from the checkpoint's
+        checkpoint = kwargs["resume_from_checkpoint"]
+        if checkpoint is not None and kwargs["epoch"] == kwargs["epochs_trained"]:
+            path = Path(checkpoint) / LOSS_STATE
+            if path.is_file():
+                state = json.loads(path.read_text())
+                self._loss_before = state["logged"]
+                self._tr_loss += state["pending"]
+                self._globalstep_last_logged = state["last_logged_step"]
+        super()._run_epoch(*args, **kwargs)
+
+    def whole_run_loss(self) -> float:
+        """Mean training loss over every step of the run, those before a resume included."""
+        return (self._loss_before + self._total_loss_scalar) / max(self.state.global_step, 1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs:  # the Trainer's own covers the steps since the resume only
+            logs = {**logs, "train_loss": self.whole_run_loss()}
+        super().log(logs, start_time)
 
     def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
         # In order, always: logits are matched to windows by position, and the windows are
