@@ -69,6 +69,22 @@ def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, 
         "distilled=models:/qa-distill-tiny-distill/1"
     )
     assert (tmp_path / "results" / "tiny.csv").exists() and (tmp_path / "results" / "tiny-speed.csv").exists()
+    # what the UI shows: the outcome on the parent, role/recipe, creator and data on every step run
+    parent = client.get_run(first["run_id"])
+    report = client.get_run(steps["report"]["run_id"])
+    assert parent.data.metrics["distilled.f1"] == report.data.metrics["distilled.f1"] >= 0
+    assert {"teacher.f1", "student.exact_match", "distilled.fp32_p50_ms"} <= set(parent.data.metrics)
+    assert "tiny.csv" in {a.path for a in client.list_artifacts(first["run_id"])}
+    for step, role in (("teacher", "teacher"), ("student", "student"), ("distill", "distill"),
+                       ("speedtest", "speedtest"), ("report", "report")):
+        run = client.get_run(steps[step]["run_id"])
+        assert (run.data.tags["role"], run.data.tags["recipe"]) == (role, "tiny"), step
+        assert run.data.tags["mlflow.user"] == parent.info.user_id
+        if step != "report":
+            assert run.inputs.dataset_inputs, step
+    assert not [k for k in client.get_run(steps["student"]["run_id"]).data.params if k.startswith("distillation.")]
+    champion = client.get_model_version_by_alias("qa-distill-tiny-distill", "champion")
+    assert "p50 at batch 1:" in champion.description  # the speed test's figures, after EM/F1
     # `mlflow run` put its run in Default; all that stays there is a finished pointer to the parent
     (stub,) = client.search_runs(["0"])
     assert stub.data.tags[MOVED_TO] == first["run_id"] and not stub.data.metrics
@@ -80,6 +96,7 @@ def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, 
     assert {name: s["run_id"] for name, s in second["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
     assert {s["action"] for s in second["steps"].values()} == {"reused"}
     assert client.get_run(second["run_id"]).data.tags["step.teacher.action"] == "reused"
+    assert client.get_run(second["run_id"]).data.metrics == parent.data.metrics  # a reused chain's outcome too
     assert len(_training_runs(client, experiment.experiment_id)) == 3  # nothing trained again
 
 
