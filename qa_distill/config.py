@@ -147,6 +147,8 @@ class SearchConfig:
     results_stem: str = setting("", "trials CSV and plots as <stem>.csv, <stem>-<plot>.png|html "
                                     "(default <output_dir>/report/<study>)")
     register: bool = setting(True, "register the best model as qa-distill-<recipe>-search-best")
+    full_dev_score: bool = setting(False, "after the study, also score the best model on the whole dev set "
+                                          "(the trials score on data.dev_questions; minutes to an hour on a CPU)")
 
 
 @dataclass
