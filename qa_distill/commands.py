@@ -95,7 +95,7 @@ def speedtest(args: argparse.Namespace) -> list[dict[str, Any]]:
                              (("teacher", "bert-base-uncased"), ("student", "distilbert-base-uncased"))]
         speed.models = speed.models or _recipe_models(recipe)
         speed.output = str(speed_stem(recipe, speed))
-        return run_speedtest(speed, tracking=tracking).to_dict("records")
+        return run_speedtest(speed, tracking=tracking, recipe=recipe).to_dict("records")
 
 
 def predict(args: argparse.Namespace) -> dict[str, str]:

@@ -157,6 +157,8 @@ class SearchConfig:
     results_stem: str = setting("", "trials CSV and plots as <stem>.csv, <stem>-<plot>.png|html "
                                     "(default <output_dir>/report/<study>)")
     register: bool = setting(True, "register the best model as qa-distill-<recipe>-search-best")
+    full_dev_score: bool = setting(False, "after the study, also score the best model on the whole dev set "
+                                          "(the trials score on data.dev_questions; minutes to an hour on a CPU)")
 
 
 @dataclass
@@ -214,10 +216,13 @@ class RunConfig:
         return registered_name(self.recipe, self.role)
 
     def flat(self) -> dict[str, Any]:
-        """`section.key -> value` of what trains a model, for logging as MLflow params."""
+        """`section.key -> value` of what trains a model of this role, for logging as MLflow params:
+        `distillation.*` only where a teacher is used, so that runs compare on what they used."""
         # "run." keeps clear of the MLproject parameters `mlflow run` logs itself (recipe, output_dir)
         out: dict[str, Any] = {"run.recipe": self.recipe, "run.role": self.role, "run.output_dir": self.output_dir}
         for section in TRAINING_SECTIONS:
+            if section == "distillation" and self.role in ("teacher", "student"):
+                continue
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{key}"] = value
         return out

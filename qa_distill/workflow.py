@@ -45,6 +45,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENTRY_POINT,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
 )
 
 from qa_distill.chain import dry_run
@@ -129,6 +130,7 @@ def _child_run(step: Step, key: str, inputs: KeyInputs, parent: Run, run_name: s
         MLFLOW_PARENT_RUN_ID: parent.info.run_id,
         MLFLOW_SOURCE_NAME: str(PROJECT_ROOT),
         MLFLOW_SOURCE_TYPE: "PROJECT",
+        MLFLOW_USER: parent.info.user_id,  # the UI's "Created by"
         MLFLOW_PROJECT_ENTRY_POINT: step.entry_point,
         STEP_KEY: key,
         STEP: step.entry_point,
@@ -188,5 +190,6 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
         }))
         run(Step("report", {"recipe": recipe, "output": str(plan.results_stem or ""), "experiment": experiment},
                  reads=tuple(result.run_id for result in results.values())))
+        tracking.copy_outcome(results["report"].run_id, parent.info.run_id)  # the table and its figures
     return {"run_id": parent.info.run_id, "experiment": experiment, "results": str(plan.results_dir),
             "steps": {step: vars(result) for step, result in results.items()}}

@@ -61,3 +61,19 @@ def test_a_whole_number_written_as_a_float_is_taken_and_a_fraction_refused(capsy
     with pytest.raises(SystemExit):
         build_parser().parse_args(["main", "--threads", "1.5"])
     assert "'1.5' is not a whole number" in capsys.readouterr().err
+
+
+def test_mlflow_run_builds_a_virtualenv_with_the_cpu_torch_then_the_project():
+    """`mlflow run .` without --env-manager takes MLproject's python_env (virtualenv), which installs
+    what .ci/run does: torch 2.13.0, here from the CPU wheel index, then the project."""
+    from mlflow.projects.backend.local import _env_type_to_env_manager
+    from mlflow.projects.utils import load_project
+    from mlflow.utils.environment import _PythonEnv
+
+    root = Path(__file__).parent.parent
+    project = load_project(str(root))
+    assert _env_type_to_env_manager(project.env_type) == "virtualenv"
+    env = _PythonEnv.from_yaml(project.env_config_path)
+    assert env.dependencies == ["--extra-index-url https://download.pytorch.org/whl/cpu", "torch==2.13.0", "-e ."]
+    assert "pip install -q torch==2.13.0\n" in (root / ".ci" / "run").read_text()
+    assert not (root / "conda.yaml").exists()

@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from qa_distill.errors import ModelError
-from qa_distill.tracking.registry import ModelVersionRef, exact_version, pin_versions, tag_versions, with_latency
+from qa_distill.tracking.registry import (
+    CHAMPION,
+    ModelVersionRef,
+    describe_registered,
+    exact_version,
+    pin_versions,
+    tag_versions,
+    with_latency,
+)
 
 
 @pytest.fixture()
@@ -62,3 +70,36 @@ def test_latency_tags_join_onto_per_model_results(versions):
     assert math.isnan(joined.loc[0, "int8_p50_ms"])
     unregistered = results.assign(run_id=["x", "y"])
     assert with_latency(unregistered).equals(unregistered)
+
+
+def _registered(name: str, f1: float) -> str:
+    """A run with EM/F1 that registers one version of `name`; its run id."""
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"exact_match": f1 - 14, "f1": f1, "dev_questions": 10570})
+        mlflow.log_text("{}", "model/config.json")
+    mlflow.MlflowClient().create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    return run.info.run_id
+
+
+def test_versions_are_described_and_the_best_distilled_one_is_the_champion_speedtest_can_name(tracking_uri):
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("registry")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("d")
+    for f1 in (52.14, 60.5, 55.0):  # version 2 is the best, whatever order they came in
+        describe_registered(_registered("d", f1), champion=True)
+    assert str(client.get_model_version_by_alias("d", CHAMPION).version) == "2"
+    assert exact_version(f"models:/d@{CHAMPION}") == ModelVersionRef("d", "2")
+    assert client.get_model_version("d", "1").description == "EM 38.14 / F1 52.14 on 10570 dev questions."
+
+    speed = pd.DataFrame({"model": ["distilled"] * 2, "backend": ["fp32", "int8"], "p50_ms": [7.57, 4.94],
+                          "p90_ms": [20.0, 12.0], "p99_ms": [30.0, 20.0], "questions_per_s": [81.0, 113.6],
+                          "exact_match": [46.5, 46.0], "f1": [60.4, 60.0]})
+    tag_versions({"distilled": ModelVersionRef("d", "2")}, speed, "speedrun", cpu="AMD EPYC", threads=2)
+    assert client.get_model_version("d", "2").description == (
+        "EM 46.50 / F1 60.50 on 10570 dev questions.\n"
+        "p50 at batch 1: int8 4.94 ms, fp32 7.57 ms (2 threads, AMD EPYC)."
+    )
+    client.create_registered_model("t")
+    describe_registered(_registered("t", 70.0))  # not a distilled model: no alias
+    assert not client.get_registered_model("t").aliases

@@ -7,6 +7,7 @@ import pytest
 from qa_distill.config import TrackingConfig
 from qa_distill.errors import ConfigError
 from qa_distill.reporting.report import run_report
+from qa_distill.tracking.runs import copy_outcome
 
 
 def _log(recipe, role, f1, status="FINISHED"):
@@ -46,6 +47,16 @@ def test_one_row_per_model_from_the_newest_finished_run(tracking_uri, tmp_path):
     assert "| distilled" in (tmp_path / "cpu.md").read_text()
     reports = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'report'")
     assert len(reports) == 1
+    # the figures as metrics of the report run, and copied with the table onto a workflow's parent
+    client = mlflow.MlflowClient()
+    report = client.get_run(reports["run_id"][0])
+    assert report.data.metrics["distilled.f1"] == 60.0 and report.data.metrics["teacher.exact_match"] == 60.0
+    assert report.data.metrics["student.train_minutes"] == 2.0
+    with mlflow.start_run(run_name="main") as parent:
+        pass
+    copy_outcome(report.info.run_id, parent.info.run_id)
+    assert client.get_run(parent.info.run_id).data.metrics == report.data.metrics
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"cpu.csv", "cpu.md"}
 
 
 def test_no_runs_is_a_clear_error(tracking_uri, tmp_path):

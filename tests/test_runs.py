@@ -49,7 +49,8 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     assert run.info.status == "FINISHED"
     for key in ("exact_match", "f1", "train_seconds", "train_loss", "train_windows_per_second"):
         assert key in run.data.metrics
-    assert run.data.params["distillation.alpha"] == "0.5" and run.data.params["run.role"] == "teacher"
+    assert run.data.params["run.role"] == "teacher" and run.data.params["training.epochs"] == "2.0"
+    assert not [key for key in run.data.params if key.startswith("distillation.")]  # a teacher uses none
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_f1")
     assert len(history) == 2  # one evaluation per epoch
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
@@ -62,6 +63,15 @@ def test_teacher_run_logs_metrics_predictions_and_a_model_that_answers(tmp_path,
     dev = load_split(DataConfig(data=str(dev_sample)), "dev").dataset.select(range(6))
     answers = model.predict([{"question": r["question"], "context": r["context"]} for r in dev])
     assert answers == [predictions[r["id"]] for r in dev] and all(answers)
+    # the served model is weights, tokenizer, settings and the model card; no training leftovers
+    served = Path(mlflow.artifacts.download_artifacts("models:/qa-distill-runs-teacher/latest")) / "artifacts"
+    files = {p.name for p in (served / "hf_model").iterdir()}
+    assert {"config.json", "model.safetensors", "qa_distill.json", "README.md"} <= files
+    assert not files & {"training_args.bin", "predictions.json", "metrics.json"}
+    card = (tmp_path / "teacher" / "README.md").read_text()
+    assert f"F1 {run.data.metrics['f1']:.2f}" in card and "recipe `runs`" in card
+    version = mlflow.MlflowClient().get_model_version("qa-distill-runs-teacher", "1")
+    assert version.description.startswith(f"EM {run.data.metrics['exact_match']:.2f} / F1 ")
     assert not list((tmp_path / "teacher").glob("checkpoint-*"))  # only the final model stays
     # scoring the saved model again outside training gives the same answers and scores (with the
     # run's n_best and max_answer_length, saved with the model)
@@ -96,6 +106,9 @@ def test_teacher_from_an_mlflow_uri(tmp_path, tracking_uri, dev_sample, tiny_ber
                      "training.epochs=1", teacher=f"runs:/{teacher['run_id']}/model")
     result = run_distill(config)
     assert _run(result["run_id"]).data.tags["teacher_uri"].startswith("runs:/")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("qa-distill-runs-distill", "champion")
+    assert champion.run_id == result["run_id"]  # the only distilled version is the best one
+    assert _run(result["run_id"]).data.params["distillation.teacher"].startswith("runs:/")
 
 
 def _runs_in_store() -> int:

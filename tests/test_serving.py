@@ -3,7 +3,6 @@ answering good and bad requests over HTTP (a random-weight tiny BERT: any answer
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ import qa_distill
 from qa_distill.config import BACKENDS
 from qa_distill.inference.mlflow_model import MAX_CONTEXT_WORDS, log_qa_model
 from qa_distill.inference.predictor import QAPredictor
+from qa_distill.inference.requirements import CPU_TORCH_INDEX, imported_modules
 
 from .conftest import DEV_JSON, child_env
 
@@ -46,33 +46,22 @@ def logged(tiny_bert, tmp_path_factory) -> dict:
             "files": Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(root / "model")))}
 
 
-def third_party_imports(code_dir: Path) -> set[str]:
-    """Top-level modules the bundled code imports that neither the standard library nor the
-    package itself provides."""
-    modules = set()
-    for source in code_dir.rglob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Import):
-                modules |= {alias.name.partition(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                modules.add(node.module.partition(".")[0])
-    return modules - set(sys.stdlib_module_names) - {"__future__", "qa_distill"}
-
-
-def test_requirements_pin_every_package_the_bundled_code_imports(logged):
-    requirements = (logged["files"] / "requirements.txt").read_text().split()
-    pins = dict(line.split("==") for line in requirements)
-    assert all("==" in line for line in requirements), requirements
+def test_requirements_pin_what_serving_imports_and_no_training_package(logged):
+    lines = (logged["files"] / "requirements.txt").read_text().split("\n")
+    pins = dict(line.split("==") for line in lines if "==" in line)
+    assert all("==" in line or line.startswith("--extra-index-url") for line in lines if line), lines
     code = logged["files"] / "code" / "qa_distill"
     package = Path(qa_distill.__file__).parent
     # the whole package is bundled, each sub-package's modules with it
     assert {p.relative_to(code) for p in code.rglob("*.py")} == {p.relative_to(package) for p in package.rglob("*.py")}
-    modules = third_party_imports(code)
-    assert {"datasets", "torch", "transformers", "yaml", "mlflow"} <= modules
     providers = packages_distributions()
-    for module in modules:
+    for module in imported_modules(package_dir=code):  # the closure of the bundled serving code
         for distribution in providers[module]:
             assert pins.get(distribution) == version(distribution).split("+")[0], (module, distribution)
+    assert not {"optuna", "plotly", "matplotlib"} & set(pins)
+    env = yaml.safe_load((logged["files"] / "python_env.yaml").read_text())
+    assert env["dependencies"] == ["-r requirements.txt"]
+    assert (CPU_TORCH_INDEX in lines) == version("torch").endswith("+cpu")
 
 
 def test_signature_types_the_inputs_the_output_and_the_backend(logged):

@@ -47,6 +47,29 @@ def test_plot_files_and_offline_html(table, tmp_path):
     assert "AMD EPYC (family 26 model 2, Zen 5), 1000 questions, 2 threads" in page  # which CPU
 
 
+def test_close_points_are_numbered_and_listed_beside_the_plot_with_legends_outside_it(table, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from qa_distill.speedtest.tradeoff import _figure, backend_legend, pareto_front
+
+    close = pd.concat([table, pd.DataFrame([("distilled", "onnx-int8", 5.35, 51.35)], columns=list(table.columns[:4]))])
+    figure = _figure(close, pareto_front(close), "a CPU")
+    plot, side, listing = figure.axes
+    assert not plot.get_legend()  # nothing hides a point
+    labels = [t.get_text() for t in plot.texts]
+    assert sorted(labels, key=int) == [str(n) for n in range(1, len(close) + 1)]
+    cells = {(r, c): cell.get_text().get_text() for (r, c), cell in listing.tables[0].get_celld().items()}
+    rows = [[cells[(r, c)] for c in range(5)] for r in range(1, len(close) + 1)]
+    assert rows[0] == ["1", "distilled", "int8", "5.30", "51.40"] and rows[1][2] == "onnx-int8"  # by p50
+    legend = [t.get_text() for t in side.get_legend().get_texts()]
+    assert legend[:4] == ["teacher", "student", "distilled", "Pareto front"]
+    assert "onnx-int8 (int8, onnxruntime)" in legend and "fp32-maxpad (fp32, padded to max_length, compiled)" in legend
+    plt.close(figure)
+    assert [shape for _, shape, _ in backend_legend(["int8", "hf-pipeline", "int8"])] == ["D", "X"]
+    html = write_tradeoff(close, tmp_path / "close")[1].read_text()
+    assert "shape: backend" in html and "onnx-int8 (int8, onnxruntime)" in html
+
+
 def test_plot_of_a_written_speed_table_is_named_after_it_and_logged(table, tmp_path, tracking_uri):
     csv = tmp_path / "cpu-speed.csv"
     table.to_csv(csv, index=False)

@@ -72,6 +72,22 @@ def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, 
         "distilled=models:/qa-distill-tiny-distill/1"
     )
     assert (tmp_path / "results" / "tiny.csv").exists() and (tmp_path / "results" / "tiny-speed.csv").exists()
+    # what the UI shows: the outcome on the parent, role/recipe, creator and data on every step run
+    parent = client.get_run(first["run_id"])
+    report = client.get_run(steps["report"]["run_id"])
+    assert parent.data.metrics["distilled.f1"] == report.data.metrics["distilled.f1"] >= 0
+    assert {"teacher.f1", "student.exact_match", "distilled.fp32_p50_ms"} <= set(parent.data.metrics)
+    assert "tiny.csv" in {a.path for a in client.list_artifacts(first["run_id"])}
+    for step, role in (("teacher", "teacher"), ("student", "student"), ("distill", "distill"),
+                       ("speedtest", "speedtest"), ("report", "report")):
+        run = client.get_run(steps[step]["run_id"])
+        assert (run.data.tags["role"], run.data.tags["recipe"]) == (role, "tiny"), step
+        assert run.data.tags["mlflow.user"] == parent.info.user_id
+        if step != "report":
+            assert run.inputs.dataset_inputs, step
+    assert not [k for k in client.get_run(steps["student"]["run_id"]).data.params if k.startswith("distillation.")]
+    champion = client.get_model_version_by_alias("qa-distill-tiny-distill", "champion")
+    assert "p50 at batch 1:" in champion.description  # the speed test's figures, after EM/F1
     # `mlflow run` put its run in Default; all that stays there is a finished pointer to the parent
     (stub,) = client.search_runs(["0"])
     assert stub.data.tags[MOVED_TO] == first["run_id"] and not stub.data.metrics
@@ -83,6 +99,7 @@ def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, 
     assert {name: s["run_id"] for name, s in second["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
     assert {s["action"] for s in second["steps"].values()} == {"reused"}
     assert client.get_run(second["run_id"]).data.tags["step.teacher.action"] == "reused"
+    assert client.get_run(second["run_id"]).data.metrics == parent.data.metrics  # a reused chain's outcome too
     assert len(_training_runs(client, experiment.experiment_id)) == 3  # nothing trained again
 
 
@@ -168,13 +185,13 @@ def test_mlflow_run_of_one_entry_point_lands_in_the_project_experiment(tracking_
     assert stub.data.tags[MOVED_TO] == run.info.run_id
 
 
-def _hides_plotly(monkeypatch):
-    """An environment without plotly: no distribution provides the module the code imports."""
+def _hides_torchao(monkeypatch):
+    """An environment without torchao (the int8 backend's): no distribution provides the module the model imports."""
     from qa_distill.inference import requirements
 
     providers = requirements.packages_distributions()
     monkeypatch.setattr(requirements, "packages_distributions",
-                        lambda: {k: v for k, v in providers.items() if k != "plotly"})
+                        lambda: {k: v for k, v in providers.items() if k != "torchao"})
 
 
 @pytest.mark.parametrize("argv, setup, line", [
@@ -183,8 +200,8 @@ def _hides_plotly(monkeypatch):
      "speedtest step: output directory {blocker}/results: {blocker} is a file"),
     (["--data", "squad"], "offline", "teacher step: data.data 'squad' is a hub dataset that is neither in the local"),
     (["--set", "model.name=/no/such/model"], None, "teacher step: model.name '/no/such/model': no such model"),
-    ([], "no plotly", "teacher step: the model it logs would not install: no installed distribution provides "
-                      "the module(s) ['plotly']"),
+    ([], "no torchao", "teacher step: the model it logs would not install: no installed distribution provides "
+                       "the module(s) ['torchao']"),
 ], ids=["backend", "results-dir", "data-source", "model-source", "requirement"])
 def test_main_refuses_a_bad_setting_of_any_step_in_one_line_before_any_run(
         argv, setup, line, tracking_uri, tmp_path, tiny_bert, dev_sample, monkeypatch, capsys):
@@ -193,8 +210,8 @@ def test_main_refuses_a_bad_setting_of_any_step_in_one_line_before_any_run(
     if setup == "offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    elif setup == "no plotly":
-        _hides_plotly(monkeypatch)
+    elif setup == "no torchao":
+        _hides_torchao(monkeypatch)
     began = time.perf_counter()
     code = cli_main(argv=["main", "--recipe", str(TINY), "--data", str(dev_sample), "--output-dir",
                           str(tmp_path / "out"), "--set", f"model.name={tiny_bert}",

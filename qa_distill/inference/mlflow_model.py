@@ -13,14 +13,18 @@ window (the predictor's `max_question_tokens`).
 
 The model is logged from code, not pickled: MLflow runs `pyfunc_model.py` (saved with the model)
 to build it from the bundled `qa_distill` package, so loading runs no unpickling and no module
-path is frozen in the artifacts. Logging validates the input example on uncompiled predictors:
+path is frozen in the artifacts. The HF directory is logged without what training left in it
+(`training_args.bin`, a pickle; predictions; metrics): the served model is weights, tokenizer,
+settings and model card. Logging validates the input example on uncompiled predictors:
 compiling (tens of seconds) is for the machine that serves the model, on a backend's first use.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from qa_distill.config import BACKENDS
 from qa_distill.errors import QaDistillError
 from qa_distill.inference.requirements import PACKAGE_DIR, pinned_requirements
+from qa_distill.saved_model import TRAINING_LEFTOVERS
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to build the model
 ARTIFACT = "hf_model"  # the HF model directory inside the MLflow model
@@ -121,16 +126,34 @@ def _uncompiled() -> Iterator[None]:
             os.environ["QA_DISTILL_COMPILE"] = before
 
 
+def _without_leftovers(model_dir: Path, view: Path) -> Path:
+    """`view`: what serving needs of the saved directory (the weights, tokenizer, settings and
+    model card; not the training arguments' pickle, predictions, metrics or checkpoints), as
+    hard links where the file system allows (MLflow refuses symbolic links out of a model)."""
+    def link(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    def leftovers(_: str, names: list[str]) -> list[str]:
+        return [n for n in names if n in TRAINING_LEFTOVERS or n.startswith("checkpoint-")]
+
+    shutil.copytree(model_dir, view, copy_function=link, ignore=leftovers)
+    return view
+
+
 def log_qa_model(model_dir: str | Path, registered_name: str | None, *,
                  max_context_words: int = MAX_CONTEXT_WORDS) -> str:
     """Log a saved HF QA model directory as an MLflow pyfunc (registered under `registered_name`
     unless None); returns its model URI."""
     example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ada."]})
-    with _uncompiled():  # MLflow loads the model and answers the example to validate it
+    # MLflow loads the model and answers the example to validate it
+    with _uncompiled(), tempfile.TemporaryDirectory() as served:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
-            artifacts={ARTIFACT: str(model_dir)},
+            artifacts={ARTIFACT: str(_without_leftovers(Path(model_dir), Path(served) / ARTIFACT))},
             code_paths=[str(PACKAGE_DIR)],
             input_example=example,
             signature=SIGNATURE,

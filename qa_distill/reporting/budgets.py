@@ -80,8 +80,9 @@ def report_stem(recipe: str, output: str | None, runs: pd.DataFrame) -> Path:
         return stem  # no committed recipe, no committed table
     differences = []
     for _, row in runs.iterrows():
+        teacher = row.get("params.distillation.teacher")  # logged by distill runs only
         config = load_config(recipe, row["tags.role"],
-                             explicit={"distillation.teacher": row.get("params.distillation.teacher")})
+                             explicit={"distillation.teacher": teacher if isinstance(teacher, str) else None})
         expected = {
             "train_questions": config.data.train_questions, "epochs": config.training.epochs,
             "max_length": config.data.max_length, "dev_questions(configured)": config.data.dev_questions,

@@ -178,12 +178,17 @@ def log_best_model(
 
 
 def score_on_full_dev(objective: Objective, study: optuna.Study, summary: dict[str, Any]) -> dict[str, float]:
-    """Trials score on a dev subset to fit a budget; the best model is then scored on all of it."""
-    data = objective.prepared.config.data
-    path = best_model_path(objective, study, summary["best_trial"])
-    if data.dev_questions is None or path is None:
+    """Trials score on a dev subset to fit a budget; with `search.full_dev_score` the best model
+    is then scored on all of it. Off by default: the study's run would stay open for as long as
+    the whole dev set takes (an hour on a CPU, for a search of minutes), and
+    `qa-distill evaluate --model <the registered best>` gives that score on demand."""
+    config = objective.prepared.config
+    if not (config.search.full_dev_score and config.data.dev_questions):
         return {}
-    full = dataclasses.replace(data, dev_questions=None)
+    path = best_model_path(objective, study, summary["best_trial"])
+    if path is None:
+        return {}
+    full = dataclasses.replace(config.data, dev_questions=None)
     scores = evaluate_model(str(path), full, backend="fp32")  # the reference
     result = {"best_full_dev_f1": scores["f1"], "best_full_dev_exact_match": scores["exact_match"],
               "full_dev_questions": scores["dev_questions"]}

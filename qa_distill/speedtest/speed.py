@@ -46,6 +46,7 @@ from qa_distill.speedtest.hf_baseline import HFPipelineBaseline
 from qa_distill.speedtest.timing import Answerer, Timing, measure
 from qa_distill.speedtest.tradeoff import log_to_run_and_parent, tradeoff_stem, write_tradeoff
 from qa_distill.tracking.registry import LATENCY_FIGURES, pin_versions, tag_versions
+from qa_distill.tracking.runs import log_questions
 from qa_distill.tracking.runs import setup as setup_tracking
 from qa_distill.validation import validate_speed
 
@@ -222,7 +223,7 @@ def _metric_name(*parts: str) -> str:
     return _METRIC_UNSAFE.sub("_", ".".join(parts))
 
 
-def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None) -> pd.DataFrame:
+def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None, recipe: str = "") -> pd.DataFrame:
     """The `speedtest` entry point: check everything, time in one MLflow run, log, write tables.
 
     A registry source (`models:/<name>/latest`, a stage or an alias) is pinned to the version it
@@ -256,6 +257,8 @@ def run_speedtest(speed: SpeedConfig, *, tracking: TrackingConfig | None = None)
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         mlflow.log_params({f"speed.{key}": value for key, value in settings.items()})
+        mlflow.set_tags({"role": "speedtest", **({"recipe": recipe} if recipe else {})})
+        log_questions(sample, dev_json)
         announce(run_name, "cpu", precision="/".join(speed.backends), threads=speed.threads)
         results = time_models(paths, sample, speed)
         df = results_table(results)

@@ -3,8 +3,11 @@ and backend, as a PNG (matplotlib) and a self-contained HTML (plotly, its JavaSc
 the page works offline).
 
 The dashed line joins the Pareto front: the points no other point beats on both F1 and p50. A
-point's shape is its backend's precision (a square: padded to max_length; an X: the transformers
-pipeline), hollow for a runtime other than the compiled one (`qa_distill.backends`).
+point's colour is its model; its shape is its backend's precision (a square: padded to
+max_length; an X: the transformers pipeline), hollow for a runtime other than the compiled one
+(`qa_distill.backends`); both legends say so. Points of one model often lie close (int8 and bf16
+within a millisecond and a tenth of F1), so the PNG numbers its points and lists them in a table
+beside the plot, its legends outside the axes; the HTML names each point on hover.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from qa_distill.backends import SPECS
 from qa_distill.errors import DataError
+from qa_distill.tracking.runs import log_to_run_and_parent
 
 TITLE = "F1 against p50 latency (one question at a time, CPU)"
 _MARKERS = {"fp32": "o", "bf16": "^", "int8": "D"}  # by precision
@@ -31,6 +33,18 @@ def marker(backend: str) -> tuple[str, bool]:
         return "X", True
     shape = "s" if spec.padding == "max_length" else _MARKERS[spec.precision]
     return shape, spec.runtime == "aotinductor"
+
+
+def backend_legend(backends: list[str]) -> list[tuple[str, str, bool]]:
+    """(label, marker, filled) of each backend, in the order given: what a point's shape means."""
+    def label(backend: str) -> str:
+        spec = SPECS.get(backend)
+        if spec is None:
+            return f"{backend} (transformers pipeline)"
+        padded = ", padded to max_length" if spec.padding == "max_length" else ""
+        return f"{backend} ({spec.precision}{padded}, {'compiled' if spec.runtime == 'aotinductor' else spec.runtime})"
+
+    return [(label(b), *marker(b)) for b in dict.fromkeys(backends)]
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
@@ -48,32 +62,58 @@ def _check(table: pd.DataFrame) -> None:
 
 
 def _png(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = _figure(table, front, subtitle)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _figure(table: pd.DataFrame, front: pd.DataFrame, subtitle: str):
+    """The matplotlib figure: the plot, and beside it the legends and the numbered points' table."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+    panels = plt.figure(figsize=(13, 6.5)).subplot_mosaic(
+        [["plot", "legend"], ["plot", "table"]], width_ratios=(2, 1), height_ratios=(1, 1.7))
+    figure, axes = panels["plot"].figure, panels["plot"]
     colours = dict(zip(table["model"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for row in table.to_dict("records"):
+    rows = table.sort_values(["p50_ms", "f1"]).to_dict("records")  # numbered left to right
+    for number, row in enumerate(rows, 1):
         shape, filled = marker(row["backend"])
         colour = colours.get(row["model"], "grey")
         axes.scatter(row["p50_ms"], row["f1"], marker=shape, s=60, edgecolors=colour,
                      facecolors=colour if filled else "none")
-        axes.annotate(f"{row['model']} {row['backend']}", (row["p50_ms"], row["f1"]), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")
-    axes.plot(front["p50_ms"], front["f1"], "k--", linewidth=0.8, label="Pareto front")
+        # a number, not a name: close points keep short labels, and alternate above and below
+        axes.annotate(str(number), (row["p50_ms"], row["f1"]), fontsize=8, color=colour,
+                      xytext=(5, 4 if number % 2 else -10), textcoords="offset points")
+    axes.plot(front["p50_ms"], front["f1"], "k--", linewidth=0.8)
     axes.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")  # 6, 10, 20 rather than 10^1
     axes.xaxis.set_major_formatter(plain)
     axes.xaxis.set_minor_formatter(plain)
     axes.set(xlabel="p50 latency per question (ms, log scale)", ylabel="F1 on the timed questions",
              title=f"{TITLE}\n{subtitle}")
-    axes.legend(loc="lower right")
     axes.grid(True, which="both", alpha=0.3)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in colours.items()]
+    handles += [Line2D([], [], color="k", linestyle="--", linewidth=0.8, label="Pareto front")]
+    handles += [Line2D([], [], marker=shape, linestyle="", markeredgecolor="grey",
+                       markerfacecolor="grey" if filled else "none", label=text)
+                for text, shape, filled in backend_legend([r["backend"] for r in rows])]
+    for name in ("legend", "table"):
+        panels[name].axis("off")
+    panels["legend"].legend(handles=handles, loc="upper left", fontsize=8, frameon=False,
+                            title="colour: model, shape: backend")
+    cells = [[str(n), r["model"], r["backend"], f"{r['p50_ms']:.2f}", f"{r['f1']:.2f}"] for n, r in enumerate(rows, 1)]
+    grid = panels["table"].table(cellText=cells, colLabels=["#", "model", "backend", "p50 ms", "F1"],
+                                 cellLoc="left", bbox=(0, 0, 1, 1), colWidths=(0.08, 0.27, 0.3, 0.17, 0.17))
+    grid.auto_set_font_size(False)
+    grid.set_fontsize(8)
+    return figure
 
 
 def _plotly_symbol(backend: str) -> str:
@@ -87,16 +127,20 @@ def _html(table: pd.DataFrame, front: pd.DataFrame, path: Path, subtitle: str) -
     figure = go.Figure()
     for model, rows in table.groupby("model", sort=False):
         figure.add_trace(go.Scatter(
-            x=rows["p50_ms"], y=rows["f1"], mode="markers+text", name=model,
-            text=rows["backend"], textposition="top center",
+            x=rows["p50_ms"], y=rows["f1"], mode="markers", name=model, text=rows["backend"],
             marker={"size": 11, "symbol": [_plotly_symbol(b) for b in rows["backend"]]},
             hovertemplate=f"{model} %{{text}}<br>p50 %{{x:.2f}} ms<br>F1 %{{y:.2f}}<extra></extra>",
         ))
     figure.add_trace(go.Scatter(x=front["p50_ms"], y=front["f1"], mode="lines", name="Pareto front",
                                 line={"dash": "dash", "color": "black", "width": 1}))
+    for text, _, _ in backend_legend(list(table["backend"])):  # legend entries only: what each shape means
+        backend = text.split(" ")[0]
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=text, legendgroup="backends",
+                                    legendgrouptitle_text="shape: backend",
+                                    marker={"size": 10, "color": "grey", "symbol": _plotly_symbol(backend)}))
     figure.update_layout(title=f"{TITLE}<br><sub>{subtitle}</sub>", xaxis_type="log",
                          xaxis_title="p50 latency per question (ms, log scale)",
-                         yaxis_title="F1 on the timed questions")
+                         yaxis_title="F1 on the timed questions", legend_title_text="colour: model")
     figure.write_html(path, include_plotlyjs=True)
 
 
@@ -119,16 +163,6 @@ def tradeoff_stem(speed_stem: Path) -> Path:
     """Where a speed table's plot goes: `cpu-speed` -> `cpu-tradeoff`, any other `x` -> `x-tradeoff`."""
     speed_stem = Path(speed_stem)
     return speed_stem.with_name(speed_stem.name.removesuffix("-speed") + "-tradeoff")
-
-
-def log_to_run_and_parent(paths: list[Path]) -> None:
-    """Artifacts of the active run, and of its parent run when it is a step of a workflow."""
-    run = mlflow.active_run()
-    parent = MlflowClient().get_run(run.info.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
-    for path in paths:
-        mlflow.log_artifact(str(path))
-        if parent:
-            MlflowClient().log_artifact(parent, str(path))
 
 
 def plot_speed_table(speed_csv: str | Path, *, stem: Path | None = None) -> list[Path]:

@@ -7,8 +7,11 @@ Under `mlflow run`, the run it created (MLFLOW_RUN_ID) is the one we log into.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +19,9 @@ from typing import Any
 
 import mlflow
 from datasets import Dataset
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from transformers import TrainerCallback
 
 from qa_distill.config import (
@@ -113,6 +119,33 @@ def log_dataset(dataset: Dataset, source: str, *, fingerprint: str, context: str
         name, origin = source, HuggingFaceDatasetSource(path=hub, split=split.rstrip("]") or None)
     described = mlflow.data.from_huggingface(dataset, source=origin, name=name, digest=fingerprint[:36])
     mlflow.log_input(described, context=context)
+
+
+def log_questions(sample: list[dict[str, Any]], source: str, *, context: str = "evaluation") -> None:
+    """Record a sample of questions (a speed test's) as the active run's dataset input, its
+    digest the hash of the question ids."""
+    digest = hashlib.sha256(json.dumps(sorted(r["id"] for r in sample)).encode()).hexdigest()
+    log_dataset(Dataset.from_list(sample), source, fingerprint=digest, context=context)
+
+
+def log_to_run_and_parent(paths: list[Path]) -> None:
+    """Artifacts of the active run, and of its parent run when it is a step of a workflow."""
+    run = mlflow.active_run()
+    parent = MlflowClient().get_run(run.info.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    for path in paths:
+        mlflow.log_artifact(str(path))
+        if parent:
+            MlflowClient().log_artifact(parent, str(path))
+
+
+def copy_outcome(source_run_id: str, target_run_id: str) -> None:
+    """Copy a run's metrics and artifacts onto another: the report step's table onto `main`'s
+    parent run (reused or not), so the runs list shows the chain's outcome without its children."""
+    client = MlflowClient()
+    metrics = client.get_run(source_run_id).data.metrics
+    client.log_batch(target_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifacts(target_run_id, mlflow.artifacts.download_artifacts(run_id=source_run_id, dst_path=tmp))
 
 
 class MlflowMetrics(TrainerCallback):

@@ -27,8 +27,9 @@ from qa_distill.inference.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
 from qa_distill.runtime.distributed import is_main_process, main_process_first, world_size
 from qa_distill.runtime.progress import ProgressCallback, announce
-from qa_distill.saved_model import SavedSettings, save_settings
+from qa_distill.saved_model import CardFacts, SavedSettings, save_settings, write_model_card
 from qa_distill.tracking import runs as tracking
+from qa_distill.tracking.registry import describe_registered
 from qa_distill.training import lifecycle, preflight
 from qa_distill.training.layers import LayerTerms, layer_map
 from qa_distill.training.teacher_cache import TeacherLogits, load_or_compute
@@ -156,6 +157,7 @@ def _train_and_log(
         return metrics
     mlflow.log_metrics(metrics)
     save_settings(out, SavedSettings.of(p.config))
+    write_model_card(out, card_facts(p.config, metrics))
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
     (out / "predictions.json").write_text(json.dumps(trainer.predictions))
@@ -165,7 +167,18 @@ def _train_and_log(
         registered = p.config.registered_name if p.config.tracking.register_model else None
         metrics["model_uri"] = log_qa_model(out, registered)
         mlflow.set_tag("model_uri", metrics["model_uri"])
+        if registered:
+            describe_registered(mlflow.active_run().info.run_id, champion=p.config.role == "distill")
     return metrics
+
+
+def card_facts(config: RunConfig, metrics: dict[str, Any]) -> CardFacts:
+    """What the saved directory's model card says of a run's model."""
+    k = config.distillation
+    distilled = f"T={k.temperature:g}, alpha={k.alpha:g}, teacher {k.teacher}" if config.role == "distill" else ""
+    name = config.registered_name if config.tracking.register_model else Path(config.output_dir).name
+    return CardFacts(name, config.recipe, config.role, config.model.name, metrics["exact_match"], metrics["f1"],
+                     int(metrics["dev_questions"]), distillation=distilled)
 
 
 def run_finetune(config: RunConfig, *, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
