@@ -1,7 +1,8 @@
 """`qa-distill report`: a recipe's MLflow runs as one pandas table (CSV and Markdown).
 
 One row per model: the latest finished run of each role (`teacher`, `student`, `distill`, the
-last shown as `distilled`), with its dev EM/F1, training time and what it was trained on, and
+last shown as `distilled`), with its dev EM/F1, training time and what it was trained on (windows,
+CPU, and `main`'s budget), and
 beside them the p50 latency per backend that the speed test tagged its registered version with.
 """
 
@@ -26,7 +27,10 @@ _PARAMS = {
     "training.epochs": "epochs",
     "distillation.temperature": "temperature",
     "distillation.alpha": "alpha",
+    "run.train_windows": "train_windows",
+    "run.cpu": "cpu",
 }
+_TAGS = {"budget_minutes": "budget_minutes"}  # main's budget the run was sized for (0: none)
 
 
 def recipe_runs(recipe: str, experiment_id: str) -> pd.DataFrame:
@@ -50,6 +54,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         row = {"model": name}
         row |= {m: run.get(f"metrics.{m}") for m in _METRICS}
         row |= {col: run.get(f"params.{p}") for p, col in _PARAMS.items()}
+        row |= {col: run.get(f"tags.{t}") for t, col in _TAGS.items()}
         if role != "distill":
             row["temperature"] = row["alpha"] = None
         row["run_id"] = run["run_id"]
