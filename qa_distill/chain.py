@@ -11,14 +11,23 @@ overrides, no other data, a 1,000-question speed test of the default backends); 
 writes them beside its outputs (`<output root>/results/`) and says so. Such a run's speed test is
 in proportion to it unless asked otherwise: as many questions as its dev set (at most the
 recipe's), on fp32 only (one compiled graph per model, `speedtest.speed.compile_plan`).
+
+`recipe=auto` is the gpu recipe where torch sees CUDA, else the cpu recipe. `fit_budget` sizes
+the chain to `budget_minutes` (60 on a CPU unless given): it measures this machine's rates
+(`training/probe.py`), models each step (`runtime/budget.py`) and, where the recipe does not fit,
+adds seeded subsets of the train and dev questions as overrides and checks the chain again: such a
+run is not at its recipe's budget, so its tables go beside its outputs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from qa_distill.config import (
     DEFAULT_BACKENDS,
@@ -39,7 +48,33 @@ from qa_distill.inference.requirements import pinned_requirements
 from qa_distill.recipes import load_config, load_speedtest, load_tracking, recipe_path
 from qa_distill.reporting.budgets import SPEED_QUESTIONS, speed_stem
 from qa_distill.reporting.report import ROLE_NAMES
-from qa_distill.training import preflight
+from qa_distill.runtime import budget
+from qa_distill.runtime.hardware import cpu_name
+from qa_distill.runtime.processes import seconds_running
+from qa_distill.speedtest.speed import compile_seconds
+from qa_distill.training import preflight, probe
+
+CPU_BUDGET_MINUTES = 60.0  # main's budget on a machine without CUDA, unless given
+STARTUP_SECONDS = 10.0  # a step's start where /proc cannot tell this process's own
+
+
+def machine_recipe(recipe: str) -> tuple[str, str]:
+    """`recipe`, or for `auto` the machine's one, and why (for the start line)."""
+    if recipe != "auto":
+        return recipe, f"recipe {recipe}"
+    if torch.cuda.is_available():
+        return "gpu", f"recipe auto: gpu, torch sees CUDA ({torch.cuda.get_device_name(0)})"
+    return "cpu", "recipe auto: cpu, torch sees no CUDA device"
+
+
+def budget_seconds(wf: WorkflowConfig) -> float | None:
+    """`budget_minutes` in seconds: 60 minutes on a CPU unless given, none on CUDA, 0 none."""
+    minutes = wf.budget_minutes
+    if minutes is None:
+        minutes = 0.0 if torch.cuda.is_available() else CPU_BUDGET_MINUTES
+    if minutes < 0:
+        raise ConfigError(f"budget_minutes must be >= 0 (0: no budget), got {minutes:g}")
+    return minutes * 60 or None
 
 
 def _recipe_argument(recipe: str) -> str:
@@ -80,7 +115,7 @@ def _step(name: str) -> Iterator[None]:
 class Plan:
     """What `main` will run, resolved and checked before its first step (`dry_run`)."""
 
-    recipe: str  # as the steps get it (a YAML file as an absolute path)
+    recipe: str  # as the steps get it (a YAML file as an absolute path; auto resolved)
     name: str
     output_root: Path
     configs: dict[str, RunConfig]
@@ -99,7 +134,7 @@ def _full_budget(wf: WorkflowConfig, recipe: str) -> bool:
     return recipe_path(recipe).parent == EXPERIMENTS_DIR and not wf.overrides.strip() and not wf.data
 
 
-def _speed(wf: WorkflowConfig, recipe: str, configs: dict[str, RunConfig], full: bool) -> SpeedConfig:
+def _speed(wf: WorkflowConfig, recipe: str, configs: dict[str, RunConfig], *, full: bool) -> SpeedConfig:
     """The speed step's settings: `main`'s, else the recipe's speed section, else in proportion to
     a test-sized chain (its dev questions, fp32 only)."""
     recipe_speed = load_speedtest(recipe).speed
@@ -118,19 +153,20 @@ def _speed(wf: WorkflowConfig, recipe: str, configs: dict[str, RunConfig], full:
 def dry_run(wf: WorkflowConfig) -> Plan:
     """Resolve and check every step before the first: a `ConfigError` naming the step and the
     setting, or the plan `run_main` follows."""
-    recipe = _recipe_argument(wf.recipe)
+    chosen, why = machine_recipe(wf.recipe)
+    recipe = _recipe_argument(chosen)
     name = recipe_path(recipe).stem
     output_root = Path(wf.output_dir).resolve() if wf.output_dir else PROJECT_ROOT / "outputs" / name
     configs = _configs(wf, recipe, output_root)
     full = _full_budget(wf, recipe)
     with _step("speedtest"):
-        speed = _speed(wf, recipe, configs, full)
+        speed = _speed(wf, recipe, configs, full=full)
         speed.models = [f"{ROLE_NAMES[role]}={registered_uri(name, role, version=1)}" for role in ROLES]
         speed.run_name = f"{name}-speed"
         dev_json = Path(speed.dev_json or DEFAULT_DEV_JSON)
         if not dev_json.is_file():
             raise ConfigError(f"speed.dev_json {str(dev_json)!r} is not a file: pass --dev-json <SQuAD dev JSON>")
-    notes = []
+    notes = [why] if wf.recipe == "auto" else []
     if wf.results_dir:
         results_stem: Path | None = Path(wf.results_dir).resolve() / name
     elif full and speed.questions == SPEED_QUESTIONS and set(speed.backends) == set(DEFAULT_BACKENDS):
@@ -157,3 +193,49 @@ def dry_run(wf: WorkflowConfig) -> Plan:
     with _step("main"):
         preflight.connect(settings)
     return Plan(recipe, name, output_root, configs, settings, speed, results_stem, notes)
+
+
+def _speed_shape(wf: WorkflowConfig, plan: Plan, *, full: bool) -> budget.SpeedShape:
+    speed = _speed(wf, plan.recipe, plan.configs, full=full)
+    passes = 2 * (len(speed.backends) + speed.hf_baseline)  # batch 1 and the throughput pass
+    return budget.SpeedShape(speed.questions, not wf.speed_questions, passes, speed.warmup,
+                             compile_seconds(len(ROLES), speed.backends))
+
+
+def chain_shape(wf: WorkflowConfig, plan: Plan, measured: probe.Measured) -> budget.ChainShape:
+    """The planner's view of `plan`'s chain on this machine: measured rates, the recipe's sizes,
+    and each step's start as long as this process took to reach its first step."""
+    roles = {}
+    for role, config in plan.configs.items():
+        teacher = (measured.rates["teacher"] if role == "distill" and config.distillation.teacher_cache else None)
+        evaluations = max(1, math.ceil(config.training.epochs)) if config.training.eval_each_epoch else 1
+        roles[role] = budget.RoleShape(measured.rates[role], config.training.epochs, evaluations, teacher)
+    started = seconds_running()
+    return budget.ChainShape(
+        roles, measured.train_questions, measured.dev_questions, measured.train_windows_per_question,
+        measured.dev_windows_per_question, measured.tokenize_seconds_per_question,
+        speed=_speed_shape(wf, plan, full=plan.results_stem is None),
+        sized_speed=_speed_shape(wf, plan, full=False),
+        step_overhead=STARTUP_SECONDS if started is None else max(started - measured.seconds, STARTUP_SECONDS),
+    )
+
+
+def fit_budget(wf: WorkflowConfig, plan: Plan) -> tuple[WorkflowConfig, Plan, budget.BudgetPlan | None]:
+    """`wf` and `plan` sized to the budget (unchanged where the recipe fits or there is none),
+    with the budget plan; the start line says the budget and where the time goes."""
+    seconds = budget_seconds(wf)
+    if seconds is None:
+        return wf, plan, None
+    measured = probe.measure(plan.configs)
+    shape = chain_shape(wf, plan, measured)
+    spent = seconds_running() or measured.seconds
+    sized = budget.plan_budget(shape, seconds - spent)
+    where = budget.describe(sized, recipe_train=shape.train_questions, recipe_dev=shape.dev_questions)
+    plan.notes.append(f"budget {seconds / 60:g} min on {cpu_name()}, {spent:.0f} s of it spent on checks and a "
+                      f"{measured.seconds:.0f} s probe; {where}")
+    if sized.sized:
+        wf = replace(wf, overrides=" ".join([wf.overrides.strip(), *sized.overrides()]).strip())
+        notes = plan.notes
+        plan = dry_run(wf)
+        plan.notes = notes + [n for n in plan.notes if n not in notes]
+    return wf, plan, sized

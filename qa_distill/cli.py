@@ -57,8 +57,8 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, section: str | None
             kwargs |= {"nargs": 2, "metavar": ("LOW", "HIGH")}
         elif hint.startswith("list["):
             kwargs |= {"action": "append", "metavar": "NAME=SOURCE"}
-        elif not section and hint in ("int", "float"):
-            kwargs["type"] = _whole_number if hint == "int" else float
+        elif not section and hint in ("int", "float", "float | None"):
+            kwargs["type"] = {"int": _whole_number, "float": float, "float | None": _optional_float}[hint]
         parser.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
 
 
@@ -164,6 +164,16 @@ def _whole_number(text: str) -> int:
     except (ValueError, OverflowError):
         pass
     raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+
+
+def _optional_float(text: str) -> float | None:
+    """An argparse type: a number, or "" (MLproject's empty default) for None."""
+    if not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def _positive_int(text: str) -> int:

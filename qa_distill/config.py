@@ -236,7 +236,11 @@ SECTIONS = (*TRAINING_SECTIONS, "search", "speed")
 class WorkflowConfig:
     """`main`: the recipe's chain of entry points (qa_distill/workflow.py); "" keeps a step's default."""
 
-    recipe: str = setting("cpu", "recipe name from experiments/ (cpu, paper) or a YAML file")
+    recipe: str = setting("auto", "recipe name from experiments/ (cpu, gpu, paper), a YAML file, or auto: gpu "
+                                  "where torch sees CUDA, else cpu")
+    budget_minutes: float | None = setting(None, "minutes the whole chain may take: each step's train and dev "
+                                                  "questions are sized to fit (null: 60 on a CPU, none on CUDA; "
+                                                  "0: no budget)")
     data: str = setting("", "hub name, local directory or SQuAD JSON for every training step")
     overrides: str = setting("", "space-separated SECTION.KEY=VALUE, for every step")
     output_dir: str = setting("", "root of the steps' output directories (<root>/teacher, ...)")

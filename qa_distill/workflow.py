@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,17 +50,20 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from qa_distill.chain import dry_run
+from qa_distill.chain import budget_seconds, dry_run, fit_budget
 from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, registered_uri
 from qa_distill.data.squad import data_fingerprint
 from qa_distill.recipes import recipe_path
 from qa_distill.reporting.report import ROLE_NAMES
+from qa_distill.runtime.hardware import cpu_name
+from qa_distill.runtime.progress import PLANNED_TRAIN_SECONDS
 from qa_distill.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
 STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks runs up by
 STEP = "qa_distill.step"  # tag: the step's entry point
+BUDGET_TAG = "budget_minutes"  # tag of the parent and of each step run it ran: main's budget (0: none)
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ def exact_model_uri(run_id: str, config: RunConfig) -> str:
 def run_main(wf: WorkflowConfig) -> dict[str, Any]:
     """The `main` entry point: `dry_run`, then every step in one parent run; returns each
     step's run and action, and where the tables went."""
-    plan = dry_run(wf)
+    wf, plan, sized = fit_budget(wf, dry_run(wf))
     for note in plan.notes:
         print(f"qa-distill main: {note}", file=sys.stderr, flush=True)
     recipe, name, configs, speed = plan.recipe, plan.name, plan.configs, plan.speed
@@ -161,14 +166,25 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
     tracking.setup(plan.tracking)
     results: dict[str, StepResult] = {}
     with mlflow.start_run(run_name=f"{name}-main") as active:
-        mlflow.set_tags({"recipe": name, "role": "main"})
+        minutes = f"{(budget_seconds(wf) or 0) / 60:g}"
+        mlflow.set_tags({"recipe": name, "role": "main", BUDGET_TAG: minutes, "cpu": cpu_name()})
+        if sized is not None:
+            mlflow.log_params({"budget.train_questions": sized.train_questions,
+                               "budget.dev_questions": sized.dev_questions, "budget.sized": sized.sized})
         parent = MlflowClient().get_run(active.info.run_id)
         experiment = MlflowClient().get_experiment(parent.info.experiment_id).name
 
         def run(step: Step) -> None:
+            planned = sized.costs[step.entry_point] if sized else {}
+            os.environ[PLANNED_TRAIN_SECONDS] = f"{planned.get('train', 0.0):.0f}"  # its progress warns past it
+            began = time.monotonic()
             result = run_step(step, inputs, parent, f"{name}-{step.entry_point}")
             mlflow.set_tags({f"step.{step.entry_point}.run_id": result.run_id,
                              f"step.{step.entry_point}.action": result.action})
+            if result.action != "reused":
+                MlflowClient().set_tag(result.run_id, BUDGET_TAG, minutes)
+            mlflow.log_metrics({f"step.{step.entry_point}.seconds": time.monotonic() - began,
+                                f"step.{step.entry_point}.planned_seconds": sum(planned.values())})
             results[step.entry_point] = result
 
         def model_uri(role: str) -> str:
@@ -191,5 +207,6 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
         run(Step("report", {"recipe": recipe, "output": str(plan.results_stem or ""), "experiment": experiment},
                  reads=tuple(result.run_id for result in results.values())))
         tracking.copy_outcome(results["report"].run_id, parent.info.run_id)  # the table and its figures
+    os.environ.pop(PLANNED_TRAIN_SECONDS, None)
     return {"run_id": parent.info.run_id, "experiment": experiment, "results": str(plan.results_dir),
             "steps": {step: vars(result) for step, result in results.items()}}

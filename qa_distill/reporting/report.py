@@ -1,7 +1,8 @@
 """`qa-distill report`: a recipe's MLflow runs as one pandas table (CSV and Markdown).
 
 One row per model: the latest finished run of each role (`teacher`, `student`, `distill`, the
-last shown as `distilled`), with its dev EM/F1, training time and what it was trained on, and
+last shown as `distilled`), with its dev EM/F1, training time and what it was trained on (windows,
+CPU, and `main`'s budget), and
 beside them the p50 latency per backend that the speed test tagged its registered version with.
 """
 
@@ -31,7 +32,10 @@ _PARAMS = {
     "distillation.hidden_weight": "hidden_weight",
     "distillation.attention_weight": "attention_weight",
     "distillation.layer_map": "layer_map",
+    "run.train_windows": "train_windows",
+    "run.cpu": "cpu",
 }
+_TAGS = {"budget_minutes": "budget_minutes"}  # main's budget the run was sized for (0: none)
 
 
 def recipe_runs(recipe: str, experiment_id: str) -> pd.DataFrame:
@@ -55,6 +59,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         row = {"model": name}
         row |= {m: run.get(f"metrics.{m}") for m in _METRICS}
         row |= {col: run.get(f"params.{p}") for p, col in _PARAMS.items()}
+        row |= {col: run.get(f"tags.{t}") for t, col in _TAGS.items()}
         if role != "distill":
             row |= dict.fromkeys(("temperature", "alpha", "hidden_weight", "attention_weight", "layer_map"))
         row["run_id"] = run["run_id"]

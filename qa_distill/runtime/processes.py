@@ -33,6 +33,15 @@ def _start_time(pid: int) -> str:
         return ""
 
 
+def seconds_running() -> float | None:
+    """How long this process has run (None where /proc does not say): its start's share of a budget."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(_start_time(os.getpid())) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 def process_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 

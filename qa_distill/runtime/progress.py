@@ -6,10 +6,15 @@ terminal, else (a log file, `mlflow run`'s captured output) one plain line at mo
 `every` seconds, so a log shows a line a minute even when a step takes many seconds, without a
 bar's carriage returns. `ProgressCallback` feeds it from the HF Trainer (training steps and
 evaluation batches). Everything goes to stderr, which the stage logs capture.
+
+A stage given the seconds planned for it (`main`'s budget passes a training step's in the
+environment, `PLANNED_TRAIN_SECONDS`) says once, early, when it is on course to overrun them, and
+what to change.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +27,9 @@ from transformers import TrainerCallback
 from qa_distill.runtime.hardware import cpu_name
 
 EVERY_SECONDS = 30.0  # a plain line at most this often (default of TrainingConfig.progress_seconds)
+PLANNED_TRAIN_SECONDS = "QA_DISTILL_PLANNED_TRAIN_SECONDS"  # set by `main` for each step it runs
+OVERRUN = 1.2  # a stage on course for more than this share of its planned time says so
+EARLY = 0.05  # ... once this share of it is done (the rate is known by then)
 
 
 def _clock(seconds: float) -> str:
@@ -35,9 +43,10 @@ class Progress:
 
     def __init__(
         self, what: str, total: int, *, unit: str = "steps", every: float = EVERY_SECONDS,
-        done: int = 0, stream: IO[str] | None = None,
+        done: int = 0, stream: IO[str] | None = None, planned: float | None = None,
     ) -> None:
-        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.what, self.total, self.unit, self.every, self.planned = what, total, unit, every, planned
+        self.warned = False
         self.stream = stream or sys.stderr
         self.done = self.first = done
         self.began = self.printed = time.monotonic()
@@ -64,6 +73,17 @@ class Progress:
         self.done = done
         if self.bar is None and time.monotonic() - self.printed >= self.every:
             self._print()
+        if self.planned and not self.warned and self.done - self.first >= max(1, EARLY * self.total):
+            self._check_overrun()
+
+    def _check_overrun(self) -> None:
+        elapsed = time.monotonic() - self.began
+        expected = elapsed * (self.total - self.first) / (self.done - self.first)
+        if expected > OVERRUN * self.planned:
+            self.warned = True
+            print(f"{self.what}: on course for {expected / 60:.1f} min, over the {self.planned / 60:.1f} min main's "
+                  "budget planned for it (this machine is slower now than when measured): give main a larger "
+                  "budget_minutes, or fewer data.train_questions; it goes on", file=self.stream, flush=True)
 
     def update(self, n: int) -> None:
         self.advance_to(self.done + n)
@@ -85,14 +105,16 @@ class Progress:
 class ProgressCallback(TrainerCallback):
     """Training steps and evaluation batches of an HF Trainer, through `Progress`."""
 
-    def __init__(self, *, every: float = EVERY_SECONDS, stream: IO[str] | None = None) -> None:
+    def __init__(self, *, every: float = EVERY_SECONDS, stream: IO[str] | None = None,
+                 planned: float | None = None) -> None:
         self.every, self.stream = every, stream
+        self.planned = planned if planned is not None else float(os.environ.get(PLANNED_TRAIN_SECONDS) or 0)
         self.training: Progress | None = None
         self.evaluating: Progress | None = None
 
     def on_train_begin(self, args, state, control, **kwargs: Any):
         self.training = Progress("training", state.max_steps, unit="steps", every=self.every, done=state.global_step,
-                                 stream=self.stream)
+                                 stream=self.stream, planned=self.planned or None)
 
     def on_step_end(self, args, state, control, **kwargs: Any):
         if self.training is not None:

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,16 +152,26 @@ def check_models(models: dict[str, str]) -> dict[str, str]:
     return paths
 
 
+def _graphs(backends: Sequence[str]) -> set[tuple[str, str]]:
+    """The graphs a model is built into: one per (runtime, precision), padding aside."""
+    return {(SPECS[b].runtime, SPECS[b].precision) for b in backends
+            if SPECS[b].runtime != "aotinductor" or compiled.compiling()}
+
+
+def compile_seconds(models: int, backends: Sequence[str]) -> float:
+    """About how long building every graph takes on this CPU where none is cached."""
+    return models * len(_graphs(backends)) * library_cache.build_seconds(compiled.cache_root("compiled"))
+
+
 def compile_plan(models: int, backends: list[str]) -> str:
     """What the speed test builds before timing: one graph per model and (runtime, precision),
     shared by the backends that differ only in padding (fp32 and fp32-maxpad), and about how long
     that takes on this CPU where none is cached (`library_cache.build_seconds`)."""
-    graphs = {(SPECS[b].runtime, SPECS[b].precision) for b in backends
-              if SPECS[b].runtime != "aotinductor" or compiled.compiling()}
+    graphs = _graphs(backends)
     builds = models * len(graphs)
     if not builds:
         return f"speed test: {models} models x {len(backends)} backends, nothing to compile (QA_DISTILL_COMPILE=0)"
-    minutes = builds * library_cache.build_seconds(compiled.cache_root("compiled")) / 60
+    minutes = compile_seconds(models, backends) / 60
     return (f"speed test: {models} models x {len(backends)} backends = {builds} compiled graphs "
             f"({len(graphs)} per model: {', '.join('/'.join(g) for g in sorted(graphs))}), about "
             f"{minutes:.0f} min on {cpu_name()} for those not yet cached "

@@ -26,6 +26,7 @@ from qa_distill.data.squad import load_split
 from qa_distill.inference.mlflow_model import log_qa_model
 from qa_distill.models import LoadedModel, check_compatible, load_qa_model, model_fingerprint
 from qa_distill.runtime.distributed import is_main_process, main_process_first, world_size
+from qa_distill.runtime.hardware import cpu_name
 from qa_distill.runtime.progress import ProgressCallback, announce
 from qa_distill.saved_model import CardFacts, SavedSettings, save_settings, write_model_card
 from qa_distill.tracking import runs as tracking
@@ -72,6 +73,7 @@ def prepare(config: RunConfig) -> Prepared:
                            cache=d.cache_dir)
         )
     notes = {
+        "cpu": cpu_name(),  # the machine a budget's windows were sized for (and the training time's)
         "train_source": train.source,
         "dev_source": dev.source,
         "train_questions": len(train.dataset),

@@ -1,0 +1,166 @@
+"""`main`'s time budget: the chain's cost from measured rates, and the questions that fit in it.
+
+Pure functions, rates and the recipe's sizes in, seeded subsets out: `plan_budget` models each
+step (training windows x epochs at the measured training rate, the teacher-logits pass, one
+evaluation per epoch, the speed test's passes and compiles, and each step's fixed cost of starting,
+loading and logging) and, where the recipe's sizes do not fit, scales its train and dev questions
+by one factor, so the chain keeps its proportions and each step's learning-rate schedule is set
+for the windows it trains (`data.train_questions`, `data.dev_questions`). A recipe that fits is
+returned as it is: no override, the same step keys as a run without a budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STEPS = ("teacher", "student", "distill", "speedtest", "report")
+# below these a sized chain stops shrinking (and says it will overrun): fewer questions teach nothing
+MIN_TRAIN_QUESTIONS = 64
+MIN_DEV_QUESTIONS = 32
+
+
+@dataclass(frozen=True)
+class ModelRates:
+    """One model's measured speed on this machine."""
+
+    train: float  # windows/s of training steps (forward, backward, optimizer)
+    infer: float  # windows/s of forward passes at the evaluation batch size
+    latency: float  # seconds per question at batch 1 (the speed test's timed pass)
+
+
+@dataclass(frozen=True)
+class RoleShape:
+    """One training step: its model's rates, its epochs and evaluations."""
+
+    rates: ModelRates
+    epochs: float
+    evaluations: int
+    teacher: ModelRates | None = None  # distill with the logits cache: the teacher's pass over its windows
+
+
+@dataclass(frozen=True)
+class SpeedShape:
+    """The speed test as the chain will run it."""
+
+    questions: int
+    follows_dev: bool  # a sized chain times as many questions as its dev set (at most `questions`)
+    passes: int  # timed passes over the questions, per model (backends and baseline, batch 1 and throughput)
+    warmup: int
+    compile_seconds: float  # all of its compiles, where nothing is cached
+
+
+@dataclass(frozen=True)
+class ChainShape:
+    """The recipe's chain as the planner sees it."""
+
+    roles: dict[str, RoleShape]
+    train_questions: int  # the recipe's (all of the train file where it sets none)
+    dev_questions: int
+    train_windows_per_question: float
+    dev_windows_per_question: float
+    tokenize_seconds_per_question: float  # once, in the first step (the others read its cache)
+    speed: SpeedShape  # at the recipe's own budget
+    sized_speed: SpeedShape  # once sized (a test-sized chain's speed test)
+    step_overhead: float  # seconds each step spends starting, loading and logging
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Questions per split and the expected seconds of each step's parts."""
+
+    budget_seconds: float | None
+    train_questions: int
+    dev_questions: int
+    costs: dict[str, dict[str, float]]  # step -> part (train, evaluate, other) -> seconds
+    sized: bool  # the recipe's sizes did not fit: the overrides apply
+    fits: bool
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {step: sum(parts.values()) for step, parts in self.costs.items()}
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def overrides(self) -> list[str]:
+        """What the steps get: nothing where the recipe fits."""
+        if not self.sized:
+            return []
+        return [f"data.train_questions={self.train_questions}", f"data.dev_questions={self.dev_questions}"]
+
+
+def step_costs(shape: ChainShape, *, train_questions: int, dev_questions: int,
+               sized: bool) -> dict[str, dict[str, float]]:
+    """Seconds per step and part at these question counts."""
+    train_windows = train_questions * shape.train_windows_per_question
+    dev_windows = dev_questions * shape.dev_windows_per_question
+    costs: dict[str, dict[str, float]] = {}
+    for n, (role, r) in enumerate(shape.roles.items()):
+        other = shape.step_overhead
+        if n == 0:
+            other += (train_questions + dev_questions) * shape.tokenize_seconds_per_question
+        if r.teacher is not None:
+            other += train_windows / r.teacher.infer
+        costs[role] = {"train": train_windows * r.epochs / r.rates.train,
+                       "evaluate": dev_windows * r.evaluations / r.rates.infer, "other": other}
+    speed = shape.sized_speed if sized else shape.speed
+    questions = min(speed.questions, dev_questions) if speed.follows_dev else speed.questions
+    timed = sum(r.rates.latency for r in shape.roles.values()) * speed.passes * (questions + speed.warmup)
+    costs["speedtest"] = {"evaluate": timed, "other": shape.step_overhead + speed.compile_seconds}
+    costs["report"] = {"other": shape.step_overhead}
+    return costs
+
+
+def _sizes(shape: ChainShape, factor: float) -> tuple[int, int]:
+    train = max(min(shape.train_questions, MIN_TRAIN_QUESTIONS), round(factor * shape.train_questions))
+    dev = max(min(shape.dev_questions, MIN_DEV_QUESTIONS), round(factor * shape.dev_questions))
+    return train, dev
+
+
+def plan_budget(shape: ChainShape, budget_seconds: float | None) -> BudgetPlan:
+    """The recipe's sizes where they fit `budget_seconds` (None: no budget), else the largest
+    common fraction of its train and dev questions that does (found by bisection: cost grows with it)."""
+    full = step_costs(shape, train_questions=shape.train_questions, dev_questions=shape.dev_questions, sized=False)
+    plan = BudgetPlan(budget_seconds, shape.train_questions, shape.dev_questions, full, False, True)
+    if budget_seconds is None or plan.total <= budget_seconds:
+        return plan
+
+    def at(factor: float) -> BudgetPlan:
+        train, dev = _sizes(shape, factor)
+        costs = step_costs(shape, train_questions=train, dev_questions=dev, sized=True)
+        return BudgetPlan(budget_seconds, train, dev, costs, True, True)
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if at(middle).total <= budget_seconds else (low, middle)
+    best = at(low)
+    return BudgetPlan(budget_seconds, best.train_questions, best.dev_questions, best.costs, True,
+                      best.total <= budget_seconds)
+
+
+def describe(plan: BudgetPlan, *, recipe_train: int, recipe_dev: int) -> str:
+    """The start line's budget part: the budget, minutes per step and where they go."""
+    def minutes(seconds: float) -> str:
+        return f"{seconds / 60:.1f}"
+
+    steps = ", ".join(
+        f"{step} {minutes(sum(parts.values()))} ("
+        + " ".join(f"{part} {minutes(s)}" for part, s in parts.items() if s >= 0.5) + ")"
+        for step, parts in plan.costs.items()
+    )
+    if plan.budget_seconds is None:
+        head = f"no time budget; expected {minutes(plan.total)} min"
+    else:
+        head = f"{minutes(plan.budget_seconds)} min left, expected {minutes(plan.total)} min"
+    if plan.sized:
+        size = (f"sized to fit: {plan.train_questions} of {recipe_train} train and {plan.dev_questions} of "
+                f"{recipe_dev} dev questions")
+    else:
+        size = f"the recipe's {recipe_train} train and {recipe_dev} dev questions"
+    line = f"{head}; {size}; minutes per step: {steps}"
+    if not plan.fits:
+        line += (f"; even the smallest chain ({MIN_TRAIN_QUESTIONS} train questions) overruns: "
+                 "give main a larger budget_minutes")
+    return line
