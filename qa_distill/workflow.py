@@ -32,27 +32,33 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run
+from mlflow.exceptions import ExecutionException
 from mlflow.utils.git_utils import get_git_commit
 from mlflow.utils.mlflow_tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_RUN_NOTE,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
     MLFLOW_USER,
 )
 
 from qa_distill.chain import budget_seconds, dry_run, fit_budget
-from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, registered_uri
+from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, launched_run_id, registered_uri
 from qa_distill.data.squad import data_fingerprint
+from qa_distill.errors import Interrupted
 from qa_distill.recipes import recipe_path
 from qa_distill.reporting.report import ROLE_NAMES
 from qa_distill.runtime.hardware import cpu_name
@@ -63,6 +69,7 @@ log = logging.getLogger(__name__)
 
 STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks runs up by
 STEP = "qa_distill.step"  # tag: the step's entry point
+MAIN_KEY = "qa_distill.main_key"  # tag of the parent run: the chain it runs (recipe, inputs, settings)
 BUDGET_TAG = "budget_minutes"  # tag of the parent and of each step run it ran: main's budget (0: none)
 
 
@@ -121,10 +128,16 @@ def run_step(step: Step, inputs: KeyInputs, parent: Run, run_name: str) -> StepR
         log.warning("%s: continuing unfinished run %s (%s)", step.entry_point, run_id, found[0].info.status)
     else:
         run_id, action = _child_run(step, key, inputs, parent, run_name), "ran"
-    mlflow.projects.run(
-        str(PROJECT_ROOT), step.entry_point, parameters=step.parameters, env_manager="local",
-        experiment_id=parent.info.experiment_id, run_id=run_id, synchronous=True,
-    )
+    try:
+        mlflow.projects.run(
+            str(PROJECT_ROOT), step.entry_point, parameters=step.parameters, env_manager="local",
+            experiment_id=parent.info.experiment_id, run_id=run_id, synchronous=True,
+        )
+    except ExecutionException:
+        stopped = client.get_run(run_id)
+        if stopped.info.status == "KILLED":  # a signal stopped the step: the chain stops as it did
+            raise Interrupted(signal.Signals[stopped.data.tags.get(tracking.STOPPED_BY, "SIGINT")]) from None
+        raise
     return StepResult(run_id, action)
 
 
@@ -155,6 +168,35 @@ def exact_model_uri(run_id: str, config: RunConfig) -> str:
     return f"runs:/{run_id}/model"
 
 
+def main_key(wf: WorkflowConfig, inputs: KeyInputs) -> str:
+    """What identifies a chain: its settings (budget's overrides included) and its steps' inputs."""
+    return hashlib.sha256(json.dumps([asdict(wf), asdict(inputs)], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
+    """The chain's parent run: the newest unfinished parent of the same chain continued (a stopped
+    `main` rerun adds no second parent), else a new one. Ends KILLED when a signal stopped the
+    chain, FAILED on an error. Under `mlflow run`, the run it launched then only points to the
+    continued parent: FINISHED, with a note naming it."""
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.`{MAIN_KEY}` = '{key}'", order_by=["attributes.start_time DESC"])
+    unfinished = next((r.info.run_id for r in found if r.info.status != "FINISHED"), None)
+    launched = launched_run_id()
+    if unfinished and launched and launched != unfinished:
+        client.set_tag(launched, MLFLOW_RUN_NOTE, f"This `mlflow run` continued the stopped chain in run {unfinished}.")
+        client.set_terminated(launched, "FINISHED")
+    if unfinished:
+        log.warning("main: continuing the stopped chain's run %s", unfinished)
+    with mlflow.start_run(run_id=unfinished, run_name=None if unfinished else run_name) as active:
+        mlflow.set_tag(MAIN_KEY, key)
+        try:
+            yield client.get_run(active.info.run_id)
+        except (Interrupted, KeyboardInterrupt):
+            mlflow.end_run("KILLED")
+            raise
+
+
 def run_main(wf: WorkflowConfig) -> dict[str, Any]:
     """The `main` entry point: `dry_run`, then every step in one parent run; returns each
     step's run and action, and where the tables went."""
@@ -163,15 +205,14 @@ def run_main(wf: WorkflowConfig) -> dict[str, Any]:
         print(f"qa-distill main: {note}", file=sys.stderr, flush=True)
     recipe, name, configs, speed = plan.recipe, plan.name, plan.configs, plan.speed
     inputs = key_inputs(recipe, configs)
-    tracking.setup(plan.tracking)
+    experiment_id = tracking.setup(plan.tracking)
     results: dict[str, StepResult] = {}
-    with mlflow.start_run(run_name=f"{name}-main") as active:
+    with parent_run(experiment_id, main_key(wf, inputs), run_name=f"{name}-main") as parent:
         minutes = f"{(budget_seconds(wf) or 0) / 60:g}"
         mlflow.set_tags({"recipe": name, "role": "main", BUDGET_TAG: minutes, "cpu": cpu_name()})
         if sized is not None:
             mlflow.log_params({"budget.train_questions": sized.train_questions,
                                "budget.dev_questions": sized.dev_questions, "budget.sized": sized.sized})
-        parent = MlflowClient().get_run(active.info.run_id)
         experiment = MlflowClient().get_experiment(parent.info.experiment_id).name
 
         def run(step: Step) -> None:

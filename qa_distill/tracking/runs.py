@@ -38,6 +38,9 @@ from qa_distill.tracking import launched_run
 OUTPUT_DIR_TAG = "qa_distill.output_dir"
 
 
+STOPPED_BY = "qa_distill.stopped_by"  # tag of a run a signal stopped: the signal's name (SIGINT, SIGTERM)
+
+
 def setup(config: TrackingConfig) -> str:
     """Point MLflow at the store; create the experiment with artifacts inside the project.
 

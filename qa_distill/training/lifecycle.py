@@ -257,6 +257,7 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
         try:
             with _signals_to(stopper.handle):
                 yield Life(run.info.run_id, resume, stopper)
-        except (Interrupted, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt) as stop:
+            mlflow.set_tag(tracking.STOPPED_BY, signal.Signals(getattr(stop, "signum", signal.SIGINT)).name)
             mlflow.end_run("KILLED")
             raise
