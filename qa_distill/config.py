@@ -93,7 +93,11 @@ class TrainingConfig:
     progress_seconds: float = setting(30.0, "a progress line (step/total, rate, ETA) at most this often")
     threads: int | None = setting(None, "CPU threads for torch (null: torch's default)")
     dataloader_workers: int = setting(0, "processes collating batches beside training (a GPU waits less)")
-    torch_compile: bool = setting(False, "compile the model's forward/backward (torch.compile)")
+    torch_compile: bool = setting(False, "compile the model's forward/backward (torch.compile; CUDA only)")
+    pad_to_multiple_of: int = setting(8, "pad each batch to a multiple of this many tokens, at most data.max_length "
+                                         "(64: 6 shapes at 384, buckets a compiled step reuses)")
+    tensor_windows: bool = setting(True, "training windows as padded tensors in memory, a batch cut in one slice "
+                                         "(false: collated window by window)")
     resume: bool = setting(True, "resume from the last checkpoint in output_dir, if any")
     save_steps: int | None = setting(None, "checkpoint every N steps (null: at epoch ends only)")
     save_minutes: float | None = setting(15.0, "also checkpoint when this much wall time passed since the last")

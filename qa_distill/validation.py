@@ -33,6 +33,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"distillation.teacher_batch_size must be positive, got {k.teacher_batch_size}")
     if t.dataloader_workers < 0:
         raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
+    if t.pad_to_multiple_of < 1:
+        raise ConfigError(f"training.pad_to_multiple_of must be >= 1, got {t.pad_to_multiple_of}")
     if config.model.layer_stride < 1:
         raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
     for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):

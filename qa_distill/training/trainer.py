@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from qa_distill.config import AnswerConfig, TrainingConfig
 from qa_distill.data.metrics import squad_scores
 from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.models import accepts
 from qa_distill.runtime import hardware
+from qa_distill.training.batching import WindowTensors, bucket_count, compile_for_shapes, resolve_compile
 from qa_distill.training.layers import LayerTerms, forward_layers, teacher_layers
-from qa_distill.training.losses import attention_loss, distillation_loss, hidden_state_loss, total_loss
+from qa_distill.training.losses import attention_loss, distillation_loss, hard_loss, hidden_state_loss, total_loss
 from qa_distill.training.teacher_cache import TeacherLogits, teacher_forward
 
 
@@ -43,8 +45,18 @@ def resolve_precision(precision: str, *, cpu_has_bf16: bool | None = None) -> st
     return "bf16" if torch.backends.mkldnn.is_available() and cpu_has_bf16 else "fp32"
 
 
-def training_arguments(config: TrainingConfig, output_dir: str, *, precision: str) -> TrainingArguments:
+def training_arguments(
+    config: TrainingConfig, output_dir: str, *, precision: str, max_length: int | None = None
+) -> TrainingArguments:
+    """The Trainer's arguments; on CUDA, the host keeps ahead of the GPU: pinned batches copied
+    without a sync, workers kept across epochs with batches prefetched, fused AdamW, and the model
+    compiled where asked (on CUDA; static per bucket when `max_length` says the buckets are few)."""
     each_epoch = "epoch" if config.eval_each_epoch else "no"
+    cuda = torch.cuda.is_available()
+    compiled = resolve_compile(config.torch_compile, cuda=cuda)
+    if compiled and max_length:
+        compile_for_shapes(bucket_count(multiple=config.pad_to_multiple_of, max_length=max_length))
+    workers = config.dataloader_workers
     return TrainingArguments(
         output_dir=output_dir,
         num_train_epochs=config.epochs,
@@ -54,7 +66,7 @@ def training_arguments(config: TrainingConfig, output_dir: str, *, precision: st
         weight_decay=config.weight_decay,
         warmup_steps=float(config.warmup_ratio),  # a float below 1 is a ratio of all steps
         seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses bf16 on CPU without it
+        use_cpu=not cuda,  # the Trainer refuses bf16 on CPU without it
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         eval_strategy=each_epoch,
@@ -66,8 +78,13 @@ def training_arguments(config: TrainingConfig, output_dir: str, *, precision: st
         length_column_name="length",
         report_to="none",
         disable_tqdm=True,
-        dataloader_num_workers=config.dataloader_workers,
-        torch_compile=config.torch_compile,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=4 if workers else None,
+        dataloader_pin_memory=cuda,
+        accelerator_config={"non_blocking": cuda},
+        optim="adamw_torch_fused",  # one kernel for all weights (the Trainer's default since torch 2.8, pinned)
+        torch_compile=compiled,
         ddp_find_unused_parameters=False,  # QA models use every weight: spare DDP its search each step
     )
 
@@ -87,6 +104,25 @@ class QATrainer(Trainer):
         self.answers = answers or AnswerConfig()
         self.predictions: dict[str, str] = {}
         self.eval_history: list[dict[str, float]] = []
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler | None:
+        # The Trainer reads lengths from a `datasets` column only; windows in memory bring theirs,
+        # and the same lengths give the same batches, in the same order, on either path.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, WindowTensors) and self.args.train_sampling_strategy == "group_by_length":
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(size, lengths=dataset.lengths.tolist())
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The QA loss over real tokens only (`losses.hard_loss`): the padding, whose amount
+        depends on the batch's bucket, gets no probability."""
+        labels = ("start_positions", "end_positions")
+        outputs = model(**{k: v for k, v in inputs.items() if k not in labels})
+        mask = inputs["attention_mask"]
+        loss = (hard_loss(outputs.start_logits, inputs["start_positions"], mask)
+                + hard_loss(outputs.end_logits, inputs["end_positions"], mask)) / 2
+        return (loss, outputs) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
         # In order, always: logits are matched to windows by position, and the windows are
