@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from qa_distill.config import check_distillation
 
 
-def hard_loss(logits: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def hard_loss(logits: torch.Tensor, positions: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy against gold token positions, as HF QA heads compute it, except that positions
     where `mask` is 0 (padding) get no probability: the loss does not depend on how far a batch is
     padded (training.pad_to_multiple_of)."""
@@ -75,7 +75,7 @@ def distillation_loss(
         (student_end, teacher_end, end_positions),
     ):
         if alpha < 1:
-            total = total + (1 - alpha) * hard_loss(student, gold, mask)
+            total = total + (1 - alpha) * hard_loss(student, gold, mask=mask)
         if alpha > 0:
             total = total + alpha * soft_loss(student, teacher.detach(), temperature, mask)
     return total / 2

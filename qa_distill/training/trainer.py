@@ -120,8 +120,8 @@ class QATrainer(Trainer):
         labels = ("start_positions", "end_positions")
         outputs = model(**{k: v for k, v in inputs.items() if k not in labels})
         mask = inputs["attention_mask"]
-        loss = (hard_loss(outputs.start_logits, inputs["start_positions"], mask)
-                + hard_loss(outputs.end_logits, inputs["end_positions"], mask)) / 2
+        loss = (hard_loss(outputs.start_logits, inputs["start_positions"], mask=mask)
+                + hard_loss(outputs.end_logits, inputs["end_positions"], mask=mask)) / 2
         return (loss, outputs) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
