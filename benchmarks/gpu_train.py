@@ -1,10 +1,18 @@
 """Teacher training throughput on a GPU: windows/s and model-FLOPs utilisation (MFU) per setting.
 
 Trains the recipe's teacher (gpu: MiniLM-L6) for `--warmup` untimed and `--steps` timed optimizer
-steps through the project's Trainer (QATrainer, `trainer.training_arguments` with one setting
-changed per row), on real SQuAD train windows at the recipe's 384/128 (the project's data and
-features code: a seeded subset of `--questions` train questions; the Trainer starts another pass
-when the steps need more windows). All rows run side by side in one process, a fresh model each.
+steps through the project's Trainer (QATrainer, `trainer.training_arguments` with the row's settings),
+on real SQuAD train windows at the recipe's 384/128 (the project's data and features code: a seeded
+subset of `--questions` train questions; the Trainer starts another pass when the steps need more
+windows). All rows run side by side in one process, a fresh model each. A row's settings: batch
+size, buckets (`pad_to`: batches padded to multiples of it, 64: six shapes at 384), windows as
+tensors in memory (`tensors`) or collated window by window, DataLoader workers, AdamW kernel,
+attention kernel, torch.compile (`compiled` says whether it ran compiled: on CUDA only), and the
+loop: the Trainer, or a bare loop (forward, backward, clip, AdamW step) over the same Trainer's
+batches, which prices the Trainer's own per-step work. `host_ms_per_batch` is the DataLoader
+alone (fetch, collate, pin, copy one batch; no model): the host's part of a step. The last row,
+`teacher-logits`, is the distillation's teacher-logits pass (`teacher_cache.load_or_compute`,
+inference at `--teacher-batch` windows) over the same windows, its FLOPs a third of training's.
 
 Model FLOPs of one window of s real tokens (padding is not the model's work, so it does not count),
 forward and backward (3x forward):
@@ -17,7 +25,8 @@ embeddings are lookups), L layers, h hidden size; the second term is attention's
 peak, measured in the same run by a large bf16 matmul.
 
     python benchmarks/gpu_train.py [--steps 50] [--warmup 10] [--settings today,batch-256,...]
-    python benchmarks/gpu_train.py --device cpu --steps 2 --warmup 1 --settings today  # code-path smoke test
+    python benchmarks/gpu_train.py --device cpu --steps 2 --warmup 1 --settings today,tensors-buckets \
+        --model <tiny model> --questions 40  # code-path smoke test
 
 On a GPU it writes experiments/results/gpu-train-bench.{csv,md}; without CUDA it exits with 2.
 """
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import platform
 import sys
 import tempfile
@@ -36,7 +46,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback
+from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback, set_seed
 
 from qa_distill.config import RESULTS_DIR
 from qa_distill.data.features import build_features
@@ -44,6 +54,8 @@ from qa_distill.data.squad import load_split
 from qa_distill.models import load_qa_model, load_tokenizer
 from qa_distill.recipes import load_config
 from qa_distill.reporting.tables import write_tables
+from qa_distill.training.batching import BucketCollator, WindowTensors
+from qa_distill.training.teacher_cache import load_or_compute
 from qa_distill.training.trainer import QATrainer, resolve_precision, training_arguments
 
 
@@ -57,10 +69,15 @@ class Setting:
     optim: str = "adamw_torch_fused"  # the HF Trainer's default with torch >= 2.8
     attention: str = "sdpa"  # transformers' default for BERT
     compile: bool = False
+    pad_to: int = 8
+    tensors: bool = False
+    loop: str = "trainer"
 
 
+# compiled rows use buckets unless named otherwise: per-batch lengths recompile almost every step
+BEST = Setting(batch_size=256, compile=True, pad_to=64, tensors=True)
 SETTINGS = {
-    "today": Setting(),
+    "today": Setting(),  # the project before issue 25: batch 32, collated window by window, padded to 8
     "batch-128": Setting(batch_size=128),
     "batch-256": Setting(batch_size=256),
     "batch-256-unsorted": Setting(batch_size=256, length_grouped=False),
@@ -70,6 +87,16 @@ SETTINGS = {
     "batch-256-compile": Setting(batch_size=256, compile=True),
     "batch-256-workers-compile": Setting(batch_size=256, workers=4, compile=True),
     "batch-512-workers-compile": Setting(batch_size=512, workers=4, compile=True),
+    "batch-256-buckets": Setting(batch_size=256, pad_to=64),
+    "batch-256-buckets-compile": Setting(batch_size=256, pad_to=64, compile=True),
+    "batch-256-tensors": Setting(batch_size=256, tensors=True),
+    "tensors-buckets": Setting(tensors=True, pad_to=64),  # batch 32: the smoke test's row
+    "tensors-buckets-bare": Setting(tensors=True, pad_to=64, loop="bare"),  # its Trainer's overhead per step
+    "batch-256-tensors-buckets-compile": BEST,
+    "batch-256-tensors-buckets-compile-workers": dataclasses.replace(BEST, workers=4),
+    "batch-256-tensors-buckets-compile-bare": dataclasses.replace(BEST, loop="bare"),
+    "batch-512-tensors-buckets-compile": dataclasses.replace(BEST, batch_size=512),
+    "batch-128-tensors-buckets-compile": dataclasses.replace(BEST, batch_size=128),
 }
 
 
@@ -114,14 +141,19 @@ def device_name(device: torch.device) -> str:
 
 
 class CountingTrainer(QATrainer):
-    """Keeps each step's real window lengths (on the device, no sync) for the FLOPs count."""
+    """Keeps each step's real and padded window lengths (on the device, no sync) for the FLOPs count."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.step_lengths: list[torch.Tensor] = []
+        self.step_widths: list[int] = []
+
+    def count(self, inputs: dict[str, torch.Tensor]) -> None:
+        self.step_lengths.append(inputs["attention_mask"].sum(1))
+        self.step_widths.append(inputs["attention_mask"].shape[1])
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.step_lengths.append(inputs["attention_mask"].sum(1))
+        self.count(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -133,31 +165,74 @@ class StepClock(TrainerCallback):
         self.began = self.ended = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in (self.warmup, self.last):
+        self.tick(state.global_step)
+
+    def tick(self, step: int) -> None:
+        if step in (self.warmup, self.last):
             synchronize(self.device)
             now = time.perf_counter()
-            if state.global_step == self.warmup:
+            if step == self.warmup:
                 self.began = now
             else:
                 self.ended = now
 
 
-def run_setting(
+def host_ms_per_batch(trainer: QATrainer, batches: int) -> float:
+    """The DataLoader alone over up to `batches` batches of one pass, its first (workers starting)
+    untimed where there are others: the host's part of a step."""
+    loader = trainer.get_train_dataloader()
+    fetched = iter(loader)
+    if len(loader) > 1:
+        next(fetched)
+    began = time.perf_counter()
+    count = sum(1 for _ in itertools.islice(fetched, batches))
+    return 1000 * (time.perf_counter() - began) / count
+
+
+def bare_loop(trainer: CountingTrainer, clock: StepClock, steps: int) -> None:
+    """Forward, backward, clip, AdamW step over the Trainer's own batches, nothing else: what the
+    Trainer's machinery (callbacks, logging, its step bookkeeping) adds per step is the difference."""
+    args = trainer.args
+    model = trainer.model.to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=args.optim == "adamw_torch_fused")
+    step_model = torch.compile(model, dynamic=False) if args.torch_compile else model
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    batches = iter(trainer.get_train_dataloader())
+    for step in range(1, steps + 1):
+        try:
+            inputs = next(batches)
+        except StopIteration:
+            batches = iter(trainer.get_train_dataloader())
+            inputs = next(batches)
+        trainer.count(inputs)
+        with torch.autocast(args.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = trainer.compute_loss(step_model, inputs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.tick(step)
+
+
+def training_row(
     name: str, setting: Setting, source: str, features, config, precision: str, device: torch.device,
     warmup: int, steps: int, out: Path,
 ) -> dict:
     """Train one fresh teacher under one setting; returns its row (without MFU)."""
+    set_seed(config.training.seed)
     loaded = load_qa_model(source, layer_stride=1, attention_dropout=config.model.attention_dropout,
                            hidden_dropout=config.model.hidden_dropout)
     model: PreTrainedModel = loaded.model
     model.set_attn_implementation(setting.attention)
+    d, pad_id = config.data, loaded.tokenizer.pad_token_id
+    training = dataclasses.replace(config.training, torch_compile=setting.compile, pad_to_multiple_of=setting.pad_to,
+                                   dataloader_workers=setting.workers)
     args = dataclasses.replace(
-        training_arguments(config.training, str(out / name), precision=precision),
+        training_arguments(training, str(out / name), precision=precision, max_length=d.max_length),
         per_device_train_batch_size=setting.batch_size,
         train_sampling_strategy="group_by_length" if setting.length_grouped else "random",
-        dataloader_num_workers=setting.workers,
         optim=setting.optim,
-        torch_compile=setting.compile,
         max_steps=warmup + steps,
         warmup_steps=0,
         eval_strategy="no",
@@ -166,32 +241,74 @@ def run_setting(
         use_cpu=device.type == "cpu",
     )
     clock = StepClock(warmup, steps, device)
+    windows = WindowTensors(features, pad_id, multiple=setting.pad_to, max_length=d.max_length)
+    collator = (BucketCollator(pad_id, multiple=setting.pad_to, max_length=d.max_length) if setting.pad_to != 8
+                or setting.tensors else DataCollatorWithPadding(loaded.tokenizer, pad_to_multiple_of=8))  # today's
     trainer = CountingTrainer(
-        model=model, args=args, train_dataset=features, processing_class=loaded.tokenizer,
-        data_collator=DataCollatorWithPadding(loaded.tokenizer, pad_to_multiple_of=8), callbacks=[clock],
+        model=model, args=args, train_dataset=windows if setting.tensors else features,
+        processing_class=loaded.tokenizer, data_collator=collator, callbacks=[clock],
     )
+    host_ms = host_ms_per_batch(trainer, min(steps, 20))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer.train()
+    if setting.loop == "bare":
+        bare_loop(trainer, clock, warmup + steps)
+    else:
+        trainer.train()
     lengths = torch.cat(trainer.step_lengths[warmup:]).cpu()
+    padded = setting.batch_size * sum(trainer.step_widths[warmup:])
     seconds = clock.ended - clock.began
     c = model.config
     row = {
         "setting": name,
         **dataclasses.asdict(setting),
+        "compiled": args.torch_compile,
+        "windows": len(lengths),
         "windows_per_s": len(lengths) / seconds,
+        "tokens_per_s": float(lengths.sum()) / seconds,
         "model_tflops_per_s": window_flops(lengths, matmul_params(model), c.num_hidden_layers, c.hidden_size)
         / seconds / 1e12,
         "mean_tokens": float(lengths.double().mean()),
+        "padding_pct": 100 * (1 - float(lengths.sum()) / padded),
+        "host_ms_per_batch": host_ms,
+        "step_ms": 1000 * seconds / steps,
         "steps": steps,
         "seconds": seconds,
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
     }
     del trainer, model, loaded
+    release(device)
+    return row
+
+
+def release(device: torch.device) -> None:
+    """Free the last row's model and compiled graphs before the next row."""
     gc.collect()
     torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def teacher_logits_row(source: str, features, config, precision: str, device: torch.device, batch_size: int,
+                       out: Path) -> dict:
+    """The distillation's teacher-logits pass over the same windows, as `qa-distill distill` runs it."""
+    loaded = load_qa_model(source, layer_stride=1)
+    d = config.data
+    began = time.perf_counter()
+    load_or_compute(out / "teacher-logits", loaded.model, "benchmark", loaded.tokenizer, features,
+                    max_length=d.max_length, precision=precision, batch_size=batch_size, device=device,
+                    pad_to_multiple_of=config.training.pad_to_multiple_of)
+    synchronize(device)
+    seconds = time.perf_counter() - began
+    lengths = torch.as_tensor(features["length"])
+    c = loaded.model.config
+    flops = window_flops(lengths, matmul_params(loaded.model), c.num_hidden_layers, c.hidden_size) / 3
+    row = {"setting": "teacher-logits", "batch_size": batch_size, "pad_to": config.training.pad_to_multiple_of,
+           "tensors": True, "loop": "inference", "windows_per_s": len(lengths) / seconds,
+           "tokens_per_s": float(lengths.sum()) / seconds, "model_tflops_per_s": flops / seconds / 1e12,
+           "mean_tokens": float(lengths.double().mean()), "seconds": seconds}
+    del loaded
+    release(device)
     return row
 
 
@@ -208,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="recipe override, e.g. data.cache_dir=/tmp/features (repeatable)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of the code")
     parser.add_argument("--peak-size", type=int, default=8192, help="side of the square matmuls for the peak")
+    parser.add_argument("--teacher-batch", type=int, default=512, help="windows per teacher-logits pass batch "
+                        "(0: no teacher-logits row)")
     parser.add_argument("--output", default="", help="table path stem (default, on a GPU: "
                         "experiments/results/gpu-train-bench; on CPU: none)")
     args = parser.parse_args(argv)
@@ -232,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                               cache=d.cache_dir)
     peak = peak_flops(device, args.peak_size)
     with tempfile.TemporaryDirectory() as out:  # the Trainer's output_dir; nothing is saved
-        rows = [run_setting(n, SETTINGS[n], source, features, config, precision, device, args.warmup, args.steps,
-                            Path(out)) for n in names]
+        rows = [training_row(n, SETTINGS[n], source, features, config, precision, device, args.warmup, args.steps,
+                             Path(out)) for n in names]
+        if args.teacher_batch:
+            rows.append(teacher_logits_row(source, features, config, precision, device, args.teacher_batch,
+                                           Path(out)))
     table = pd.DataFrame(rows)
     table["mfu_pct"] = 100 * table["model_tflops_per_s"] * 1e12 / peak
     table["speedup_vs_first"] = table["windows_per_s"] / table["windows_per_s"].iloc[0]

@@ -17,11 +17,11 @@ from qa_distill.config import (
     DataConfig,
     TrackingConfig,
     WorkflowConfig,
-    check_name,
     registered_uri,
 )
 from qa_distill.errors import ConfigError
 from qa_distill.recipes import load_config, load_speedtest, load_tracking, recipe_path
+from qa_distill.validation import check_name
 
 
 def overrides(args: argparse.Namespace) -> list[str]:

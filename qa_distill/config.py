@@ -9,14 +9,12 @@ Nothing else in the package reads recipe files or environment variables.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qa_distill.backends import BACKENDS, DEFAULT_BACKENDS
-from qa_distill.errors import ConfigError
 
 
 def _project_root() -> Path:
@@ -93,7 +91,11 @@ class TrainingConfig:
     progress_seconds: float = setting(30.0, "a progress line (step/total, rate, ETA) at most this often")
     threads: int | None = setting(None, "CPU threads for torch (null: torch's default)")
     dataloader_workers: int = setting(0, "processes collating batches beside training (a GPU waits less)")
-    torch_compile: bool = setting(False, "compile the model's forward/backward (torch.compile)")
+    torch_compile: bool = setting(False, "compile the model's forward/backward (torch.compile; CUDA only)")
+    pad_to_multiple_of: int = setting(8, "pad each batch to a multiple of this many tokens, at most data.max_length "
+                                         "(64: 6 shapes at 384, buckets a compiled step reuses)")
+    tensor_windows: bool = setting(True, "training windows as padded tensors in memory, a batch cut in one slice "
+                                         "(false: collated window by window)")
     resume: bool = setting(True, "resume from the last checkpoint in output_dir, if any")
     save_steps: int | None = setting(None, "checkpoint every N steps (null: at epoch ends only)")
     save_minutes: float | None = setting(15.0, "also checkpoint when this much wall time passed since the last")
@@ -253,21 +255,6 @@ class WorkflowConfig:
                                 + " (default: the recipe's; fp32 only for a test-sized chain)")
     threads: int = setting(2, "CPU threads of the speed test")
     dev_json: str = setting("", "SQuAD JSON of the speed test's questions (default: the official dev set)")
-
-
-def check_distillation(temperature: float, alpha: float) -> None:
-    """T finite and > 0, alpha in [0, 1]: the one check of the recipe, the loss and the search ranges."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"distillation.temperature must be a finite number > 0, got {temperature}")
-    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-        raise ConfigError(f"distillation.alpha must be in [0, 1], got {alpha}")
-
-
-def check_name(name: str, what: str) -> str:
-    """A name that becomes a file name: no path separators, so it stays in its folder."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        raise ConfigError(f"{what} {name!r} must be a plain name (no '/', '\\' or leading '.')")
-    return name
 
 
 def tracking_uri(config: TrackingConfig) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qa_distill.config import AnswerConfig, DataConfig, RunConfig
 
@@ -73,6 +74,15 @@ class CardFacts:
     dev_questions: int
     distillation: str = ""  # "T=2, alpha=0.5, teacher ..." for a distilled model
     latency: str = ""  # p50 per backend, where measured
+
+    @classmethod
+    def of_run(cls, config: RunConfig, metrics: dict[str, Any]) -> CardFacts:
+        """What the saved directory's model card says of a run's model."""
+        k = config.distillation
+        distilled = f"T={k.temperature:g}, alpha={k.alpha:g}, teacher {k.teacher}" if config.role == "distill" else ""
+        name = config.registered_name if config.tracking.register_model else Path(config.output_dir).name
+        return cls(name, config.recipe, config.role, config.model.name, metrics["exact_match"], metrics["f1"],
+                   int(metrics["dev_questions"]), distillation=distilled)
 
 
 _ROLES = {"teacher": "the teacher, fine-tuned on gold answers",

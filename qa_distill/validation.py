@@ -9,8 +9,23 @@ from __future__ import annotations
 import math
 
 from qa_distill.backends import usable
-from qa_distill.config import BACKENDS, RunConfig, SearchConfig, SpeedConfig, check_distillation
+from qa_distill.config import BACKENDS, RunConfig, SearchConfig, SpeedConfig
 from qa_distill.errors import ConfigError
+
+
+def check_distillation(temperature: float, alpha: float) -> None:
+    """T finite and > 0, alpha in [0, 1]: the one check of the recipe, the loss and the search ranges."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"distillation.temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"distillation.alpha must be in [0, 1], got {alpha}")
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that becomes a file name: no path separators, so it stays in its folder."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"{what} {name!r} must be a plain name (no '/', '\\' or leading '.')")
+    return name
 
 
 def validate(config: RunConfig) -> None:
@@ -33,6 +48,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"distillation.teacher_batch_size must be positive, got {k.teacher_batch_size}")
     if t.dataloader_workers < 0:
         raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
+    if t.pad_to_multiple_of < 1:
+        raise ConfigError(f"training.pad_to_multiple_of must be >= 1, got {t.pad_to_multiple_of}")
     if config.model.layer_stride < 1:
         raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
     for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):

@@ -125,7 +125,7 @@ def test_a_whole_float_is_a_whole_number():
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a\\b", ""])
 def test_names_that_become_files_stay_in_their_folder(name):
-    from qa_distill.config import check_name
+    from qa_distill.validation import check_name
 
     with pytest.raises(ConfigError, match="--run-name"):
         check_name(name, "--run-name")

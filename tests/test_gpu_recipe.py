@@ -105,17 +105,27 @@ def test_the_flops_count_matches_the_config_formula(tiny_bert):
 
 @pytest.mark.slow
 def test_the_benchmark_times_settings_side_by_side_on_cpu(tmp_path, dev_sample, tiny_bert):
+    """The `--device cpu` smoke path: today's row, buckets cut from tensors, the bare loop over the
+    same batches (asked compiled: eager on the CPU, said in its row) and the teacher-logits pass."""
     stem = tmp_path / "bench"
+    names = ["today", "tensors-buckets", "batch-256-tensors-buckets-compile-bare"]
     code = _benchmark().main([
         "--device", "cpu", "--steps", "2", "--warmup", "1", "--model", tiny_bert, "--data", str(dev_sample),
-        "--settings", "today,batch-256-unsorted", "--peak-size", "256", "--output", str(stem),
+        "--settings", ",".join(names), "--peak-size", "256", "--output", str(stem), "--teacher-batch", "64",
         "--set", "data.max_length=96", "--set", "data.doc_stride=32", "--set", f"data.cache_dir={tmp_path}",
+        "--set", "training.precision=fp32",
     ])
     assert code == 0
     table = pd.read_csv(stem.with_suffix(".csv"))
-    assert list(table["setting"]) == ["today", "batch-256-unsorted"]
-    assert list(table["length_grouped"]) == [True, False]
-    today = table.iloc[0]
+    assert list(table["setting"]) == [*names, "teacher-logits"]
+    today, buckets, bare, teacher = (table.iloc[i] for i in range(4))
+    assert (today["tensors"], today["pad_to"], buckets["tensors"], buckets["pad_to"]) == (False, 8, True, 64)
+    assert bare["loop"] == "bare" and bare["compile"] and not bare["compiled"]  # no compiling on a CPU
     assert round(today["windows_per_s"] * today["seconds"]) == 2 * 32  # the timed steps only
+    assert round(bare["windows_per_s"] * bare["seconds"]) == bare["windows"] > 256  # 2 steps of large batches
     assert (table["mfu_pct"] > 0).all() and (table["mean_tokens"] <= 96).all()
+    assert (table["tokens_per_s"] > table["windows_per_s"]).all()
+    assert buckets["padding_pct"] >= today["padding_pct"] >= 0  # buckets pad more, to fewer shapes
+    assert (table["host_ms_per_batch"].iloc[:3] > 0).all()
+    assert teacher["loop"] == "inference" and teacher["windows_per_s"] > 0
     assert today["device"] and stem.with_suffix(".md").exists()

@@ -6,8 +6,9 @@ and the terms on the layers inside (TinyBERT, MiniLM), joined in `total_loss`.
            + hidden_weight * hidden_state_loss + attention_weight * attention_loss
 
 The T^2 factor keeps the soft term's gradients on the same scale as the hard term's when T
-changes (Hinton et al., 2015). The hard term is the QA head's own loss (gold positions past the
-window are ignored, as HF's QA models do), so alpha = 0 is plain fine-tuning, exactly. A layer
+changes (Hinton et al., 2015). The hard term is the QA head's loss over the real tokens (gold positions
+past the window are ignored, as HF's QA models do; padding is masked), the loss `QATrainer` fine-tunes
+with, so alpha = 0 is plain fine-tuning, exactly. A layer
 term whose weight is 0 is not computed at all, so weights of 0 give the logit loss bit for bit.
 """
 
@@ -18,13 +19,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from qa_distill.config import check_distillation
+from qa_distill.validation import check_distillation
 
 
-def hard_loss(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against gold token positions, as HF QA heads compute it."""
+def hard_loss(logits: torch.Tensor, positions: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against gold token positions, as HF QA heads compute it, except that positions
+    where `mask` is 0 (padding) get no probability: the loss does not depend on how far a batch is
+    padded (training.pad_to_multiple_of)."""
+    logits = logits.float()
+    if mask is not None:
+        logits = logits.masked_fill(~mask.bool(), torch.finfo(logits.dtype).min)
     positions = positions.clamp(0, logits.size(1))
-    return F.cross_entropy(logits.float(), positions, ignore_index=logits.size(1))
+    return F.cross_entropy(logits, positions, ignore_index=logits.size(1))
 
 
 def soft_loss(
@@ -69,7 +75,7 @@ def distillation_loss(
         (student_end, teacher_end, end_positions),
     ):
         if alpha < 1:
-            total = total + (1 - alpha) * hard_loss(student, gold)
+            total = total + (1 - alpha) * hard_loss(student, gold, mask=mask)
         if alpha > 0:
             total = total + alpha * soft_loss(student, teacher.detach(), temperature, mask)
     return total / 2

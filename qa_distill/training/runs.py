@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import torch
 from datasets import Dataset
-from transformers import DataCollatorWithPadding, PreTrainedModel, TrainerCallback, set_seed
+from transformers import PreTrainedModel, TrainerCallback, set_seed
 
 from qa_distill.config import RunConfig
 from qa_distill.data.features import build_features, cache_dir, group_by_length
@@ -32,6 +32,7 @@ from qa_distill.saved_model import CardFacts, SavedSettings, save_settings, writ
 from qa_distill.tracking import runs as tracking
 from qa_distill.tracking.registry import describe_registered
 from qa_distill.training import lifecycle, preflight
+from qa_distill.training.batching import BucketCollator, WindowTensors
 from qa_distill.training.layers import LayerTerms, layer_map
 from qa_distill.training.teacher_cache import TeacherLogits, load_or_compute
 from qa_distill.training.trainer import DistillationTrainer, QATrainer, resolve_precision, training_arguments
@@ -99,16 +100,26 @@ def load_student(config: RunConfig) -> LoadedModel:
                          hidden_dropout=m.hidden_dropout)
 
 
+def train_windows(p: Prepared) -> Dataset | WindowTensors:
+    """The training windows as the Trainer gets them: tensors in memory, or the `datasets` rows."""
+    t, d = p.config.training, p.config.data
+    if not t.tensor_windows:
+        return p.train_features
+    return WindowTensors(p.train_features, p.student.tokenizer.pad_token_id, multiple=t.pad_to_multiple_of,
+                         max_length=d.max_length)
+
+
 def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, Any]:
-    t = p.config.training
+    t, d = p.config.training, p.config.data
     return {
         "model": p.student.model,
-        "args": training_arguments(t, p.config.output_dir, precision=p.precision),
-        "train_dataset": p.train_features,
+        "args": training_arguments(t, p.config.output_dir, precision=p.precision, max_length=d.max_length),
+        "train_dataset": train_windows(p),
         "eval_dataset": p.dev_features,
         "eval_examples": p.dev_examples,
         "processing_class": p.student.tokenizer,
-        "data_collator": DataCollatorWithPadding(p.student.tokenizer, pad_to_multiple_of=8),
+        "data_collator": BucketCollator(p.student.tokenizer.pad_token_id, multiple=t.pad_to_multiple_of,
+                                        max_length=d.max_length),
         "callbacks": [tracking.MlflowMetrics(), ProgressCallback(every=t.progress_seconds), *callbacks],
         "answers": p.config.answers,
     }
@@ -159,7 +170,7 @@ def _train_and_log(
         return metrics
     mlflow.log_metrics(metrics)
     save_settings(out, SavedSettings.of(p.config))
-    write_model_card(out, card_facts(p.config, metrics))
+    write_model_card(out, CardFacts.of_run(p.config, metrics))
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
     (out / "predictions.json").write_text(json.dumps(trainer.predictions))
@@ -172,15 +183,6 @@ def _train_and_log(
         if registered:
             describe_registered(mlflow.active_run().info.run_id, champion=p.config.role == "distill")
     return metrics
-
-
-def card_facts(config: RunConfig, metrics: dict[str, Any]) -> CardFacts:
-    """What the saved directory's model card says of a run's model."""
-    k = config.distillation
-    distilled = f"T={k.temperature:g}, alpha={k.alpha:g}, teacher {k.teacher}" if config.role == "distill" else ""
-    name = config.registered_name if config.tracking.register_model else Path(config.output_dir).name
-    return CardFacts(name, config.recipe, config.role, config.model.name, metrics["exact_match"], metrics["f1"],
-                     int(metrics["dev_questions"]), distillation=distilled)
 
 
 def run_finetune(config: RunConfig, *, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any] | None:
@@ -229,6 +231,7 @@ def teacher_logits(
             cache_dir(d.cache_dir), teacher.model, teacher.fingerprint, p.student.tokenizer,
             p.train_features, max_length=d.max_length, precision=p.precision,
             batch_size=k.teacher_batch_size or p.config.training.eval_batch_size, device=device,
+            pad_to_multiple_of=p.config.training.pad_to_multiple_of,
         )
 
 

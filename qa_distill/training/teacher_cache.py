@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qa_distill.data.squad import file_sha256
 from qa_distill.errors import QaDistillError
 from qa_distill.models import input_names
 from qa_distill.runtime.processes import atomic_path
 from qa_distill.runtime.progress import Progress
+from qa_distill.training.batching import WindowTensors
 
 ARRAYS = ("start.npy", "end.npy")
 FORMAT = 2  # 2: meta.json carries the arrays' SHA-256 (format 1 had no checksums)
@@ -73,7 +74,7 @@ def teacher_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's logits for a batch, given the inputs it takes (token_type_ids for BERT)."""
     device = next(teacher.parameters()).device
-    inputs = {k: batch[k].to(device) for k in input_names(teacher) if k in batch}
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in input_names(teacher) if k in batch}
     with autocast(device, precision):
         out = teacher(**inputs)
     return out.start_logits.float(), out.end_logits.float()
@@ -88,18 +89,22 @@ def _compute(
     precision: str,
     target: Path,
     device: torch.device,
+    pad_to_multiple_of: int,
 ) -> None:
+    """One pass in length order over the windows held as tensors (a batch is a slice, pinned on
+    CUDA so its copy overlaps), under inference_mode, padded to the training's buckets."""
     n = len(features)
     start = np.lib.format.open_memmap(target / "start.npy", "w+", np.float32, (n, max_length))
     end = np.lib.format.open_memmap(target / "end.npy", "w+", np.float32, (n, max_length))
-    collate = DataCollatorWithPadding(tokenizer)
-    columns = ["input_ids", "attention_mask", "token_type_ids"]
-    order = np.argsort(np.asarray(features["length"]), kind="stable")
+    windows = WindowTensors(features, tokenizer.pad_token_id, multiple=pad_to_multiple_of, max_length=max_length)
+    order = torch.argsort(windows.lengths, stable=True)
     teacher.to(device).eval()  # and stays there: on the fly, the trainer runs it on the same device
     progress = Progress("teacher logits", n, unit="windows")
     for lo in range(0, n, batch_size):
-        rows = order[lo : lo + batch_size]
-        batch = collate(features.select(rows).select_columns(columns).to_list())
+        rows = order[lo : lo + batch_size].numpy()
+        batch = windows.batch(rows)
+        if device.type == "cuda":
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         s, e = teacher_forward(teacher, batch, precision)
         width = s.shape[1]
         start[rows, :width] = s.cpu().numpy()
@@ -121,9 +126,11 @@ def load_or_compute(
     precision: str,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    pad_to_multiple_of: int = 8,
 ) -> tuple[TeacherLogits, bool]:
     """The cached logits for this teacher and these windows; computed first if absent, on
-    `device` (the training device), `batch_size` windows at a time, under `precision`.
+    `device` (the training device), `batch_size` windows at a time padded to multiples of
+    `pad_to_multiple_of` tokens (padding is masked: it changes no real token's logit), under `precision`.
 
     Returns the logits and whether they were computed now (False: reused from disk).
     """
@@ -141,7 +148,8 @@ def load_or_compute(
     if computed:  # a reader never sees a half-written cache; of two processes, the first one's stays
         with atomic_path(path) as tmp:
             tmp.mkdir()
-            _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device))
+            _compute(teacher, tokenizer, features, max_length, batch_size, precision, tmp, torch.device(device),
+                     pad_to_multiple_of)
             checksums = _checksums(tmp, check_finite=True)
             (tmp / "meta.json").write_text(json.dumps(meta | {"sha256": checksums}, indent=1))
     return _open(path, meta), computed

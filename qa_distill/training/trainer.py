@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from qa_distill.config import AnswerConfig, TrainingConfig
@@ -28,8 +27,15 @@ from qa_distill.data.metrics import squad_scores
 from qa_distill.data.postprocess import pad_offsets, postprocess
 from qa_distill.models import accepts
 from qa_distill.runtime import hardware
+from qa_distill.training.batching import (
+    EpochSeededSampler,
+    WindowTensors,
+    bucket_count,
+    compile_for_shapes,
+    resolve_compile,
+)
 from qa_distill.training.layers import LayerTerms, forward_layers, teacher_layers
-from qa_distill.training.losses import attention_loss, distillation_loss, hidden_state_loss, total_loss
+from qa_distill.training.losses import attention_loss, distillation_loss, hard_loss, hidden_state_loss, total_loss
 from qa_distill.training.teacher_cache import TeacherLogits, teacher_forward
 
 
@@ -47,8 +53,18 @@ def resolve_precision(precision: str, *, cpu_has_bf16: bool | None = None) -> st
     return "bf16" if torch.backends.mkldnn.is_available() and cpu_has_bf16 else "fp32"
 
 
-def training_arguments(config: TrainingConfig, output_dir: str, *, precision: str) -> TrainingArguments:
+def training_arguments(
+    config: TrainingConfig, output_dir: str, *, precision: str, max_length: int | None = None
+) -> TrainingArguments:
+    """The Trainer's arguments; on CUDA, the host keeps ahead of the GPU: pinned batches copied
+    without a sync, workers kept across epochs with batches prefetched, fused AdamW, and the model
+    compiled where asked (on CUDA; static per bucket when `max_length` says the buckets are few)."""
     each_epoch = "epoch" if config.eval_each_epoch else "no"
+    cuda = torch.cuda.is_available()
+    compiled = resolve_compile(config.torch_compile, cuda=cuda)
+    if compiled and max_length:
+        compile_for_shapes(bucket_count(multiple=config.pad_to_multiple_of, max_length=max_length))
+    workers = config.dataloader_workers
     return TrainingArguments(
         output_dir=output_dir,
         num_train_epochs=config.epochs,
@@ -58,7 +74,7 @@ def training_arguments(config: TrainingConfig, output_dir: str, *, precision: st
         weight_decay=config.weight_decay,
         warmup_steps=float(config.warmup_ratio),  # a float below 1 is a ratio of all steps
         seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses bf16 on CPU without it
+        use_cpu=not cuda,  # the Trainer refuses bf16 on CPU without it
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         eval_strategy=each_epoch,
@@ -70,34 +86,18 @@ def training_arguments(config: TrainingConfig, output_dir: str, *, precision: st
         length_column_name="length",
         report_to="none",
         disable_tqdm=True,
-        dataloader_num_workers=config.dataloader_workers,
-        torch_compile=config.torch_compile,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=4 if workers else None,
+        dataloader_pin_memory=cuda,
+        accelerator_config={"non_blocking": cuda},
+        optim="adamw_torch_fused",  # one kernel for all weights (the Trainer's default since torch 2.8, pinned)
+        torch_compile=compiled,
         ddp_find_unused_parameters=False,  # QA models use every weight: spare DDP its search each step
     )
 
 
 LOSS_STATE = "qa_distill_loss.json"  # in each checkpoint: the running loss sums a resume carries on
-
-
-class EpochSeededSampler(LengthGroupedSampler):
-    """Length-grouped shuffling whose order depends only on the seed and the epoch.
-
-    The Trainer's own sampler draws each epoch's order from the global RNG, whose state at an
-    epoch's start is only known to the run that trained the epochs before it: a run resumed in
-    the middle of epoch 2 drew epoch 1's order again and skipped the wrong batches.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], *, seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it (through accelerate) before each epoch
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator.manual_seed(self.seed + self.epoch)
-        return super().__iter__()
 
 
 class QATrainer(Trainer):
@@ -123,8 +123,11 @@ class QATrainer(Trainer):
         self._loss_before = 0.0  # loss summed over the logged steps of the runs this one resumes
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
-        # the windows' lengths: `train_dataset` comes without its unused columns, the length among them
-        lengths = list(self.train_dataset[self.args.length_column_name])
+        # the windows' lengths: windows in memory bring theirs; a `datasets` table has them in a
+        # column (`train_dataset` comes without its unused columns, the length among them)
+        dataset = self.train_dataset
+        lengths = (dataset.lengths.tolist() if isinstance(dataset, WindowTensors)
+                   else list(dataset[self.args.length_column_name]))
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return EpochSeededSampler(batch, lengths, seed=seed)
@@ -157,6 +160,16 @@ class QATrainer(Trainer):
         if "train_loss" in logs:  # the Trainer's own covers the steps since the resume only
             logs = {**logs, "train_loss": self.whole_run_loss()}
         super().log(logs, start_time)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The QA loss over real tokens only (`losses.hard_loss`): the padding, whose amount
+        depends on the batch's bucket, gets no probability."""
+        labels = ("start_positions", "end_positions")
+        outputs = model(**{k: v for k, v in inputs.items() if k not in labels})
+        mask = inputs["attention_mask"]
+        loss = (hard_loss(outputs.start_logits, inputs["start_positions"], mask=mask)
+                + hard_loss(outputs.end_logits, inputs["end_positions"], mask=mask)) / 2
+        return (loss, outputs) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler:
         # In order, always: logits are matched to windows by position, and the windows are
