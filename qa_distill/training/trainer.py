@@ -57,7 +57,7 @@ def training_arguments(
     config: TrainingConfig, output_dir: str, *, precision: str, max_length: int | None = None
 ) -> TrainingArguments:
     """The Trainer's arguments; on CUDA, the host keeps ahead of the GPU: pinned batches copied
-    without a sync, workers kept across epochs with batches prefetched, fused AdamW, and the model
+    without a sync, workers with batches prefetched, fused AdamW, and the model
     compiled where asked (on CUDA; static per bucket when `max_length` says the buckets are few)."""
     each_epoch = "epoch" if config.eval_each_epoch else "no"
     cuda = torch.cuda.is_available()
@@ -87,7 +87,10 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=workers,
-        dataloader_persistent_workers=workers > 0,
+        # workers start anew each epoch: each start draws their seed from the global RNG, so a run
+        # resumed mid-epoch draws as the uninterrupted one did; kept workers draw once, and a resumed
+        # run's dropout then differed after the resume (tests/test_exact_resume.py, 1 worker)
+        dataloader_persistent_workers=False,
         dataloader_prefetch_factor=4 if workers else None,
         dataloader_pin_memory=cuda,
         accelerator_config={"non_blocking": cuda},
