@@ -142,7 +142,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from qa_distill.workflow import run_main
+    from qa_distill.workflow.steps import run_main
 
     settings = {key: value for key, value in vars(args).items() if key in WorkflowConfig.__dataclass_fields__}
     return run_main(WorkflowConfig(**{**settings, "overrides": " ".join(overrides(args))}))

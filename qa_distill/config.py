@@ -236,7 +236,7 @@ SECTIONS = (*TRAINING_SECTIONS, "search", "speed")
 
 @dataclass
 class WorkflowConfig:
-    """`main`: the recipe's chain of entry points (qa_distill/workflow.py); "" keeps a step's default."""
+    """`main`: the recipe's chain of entry points (qa_distill/workflow/steps.py); "" keeps a step's default."""
 
     recipe: str = setting("auto", "recipe name from experiments/ (cpu, gpu, paper), a YAML file, or auto: gpu "
                                   "where torch sees CUDA, else cpu")

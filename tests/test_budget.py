@@ -8,7 +8,6 @@ import io
 import pytest
 import torch
 
-from qa_distill.chain import budget_seconds, machine_recipe
 from qa_distill.cli import build_parser
 from qa_distill.config import WorkflowConfig
 from qa_distill.errors import ConfigError
@@ -22,6 +21,7 @@ from qa_distill.runtime.budget import (
     describe,
     plan_budget,
 )
+from qa_distill.workflow.plan import budget_seconds, machine_recipe
 
 TEACHER = ModelRates(train=4.0, infer=20.0, latency=0.02)
 STUDENT = ModelRates(train=8.0, infer=40.0, latency=0.01)

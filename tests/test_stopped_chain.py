@@ -1,4 +1,4 @@
-"""A `main` stopped by a signal (qa_distill/workflow.py): its step and its parent end KILLED, not
+"""A `main` stopped by a signal (qa_distill/workflow/steps.py): its step and its parent end KILLED, not
 FAILED, the stop is one line with the signal's exit code, and the rerun continues the same parent."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import ExecutionException
 
-from qa_distill import workflow
 from qa_distill.cli import _report_error
 from qa_distill.errors import Interrupted
 from qa_distill.tracking.runs import STOPPED_BY
-from qa_distill.workflow import KeyInputs, Step, parent_run, run_step
+from qa_distill.workflow import steps
+from qa_distill.workflow.steps import KeyInputs, Step, parent_run, run_step
 
 INPUTS = KeyInputs("recipe-sha", "data-fingerprint", "commit")
 
@@ -41,7 +41,7 @@ def _stopped_step(by: str | None):
 
 @pytest.mark.parametrize("by, signum", [("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM)])
 def test_a_step_a_signal_stopped_stops_the_chain_as_that_signal(experiment_id, monkeypatch, by, signum):
-    monkeypatch.setattr(workflow.mlflow.projects, "run", _stopped_step(by))
+    monkeypatch.setattr(steps.mlflow.projects, "run", _stopped_step(by))
     parent = MlflowClient().create_run(experiment_id)
     with pytest.raises(Interrupted) as stopped:
         run_step(Step("teacher", {"recipe": "cpu"}), INPUTS, parent, "cpu-teacher")
@@ -49,7 +49,7 @@ def test_a_step_a_signal_stopped_stops_the_chain_as_that_signal(experiment_id, m
 
 
 def test_a_step_that_failed_still_fails_the_chain(experiment_id, monkeypatch):
-    monkeypatch.setattr(workflow.mlflow.projects, "run", _stopped_step(None))
+    monkeypatch.setattr(steps.mlflow.projects, "run", _stopped_step(None))
     parent = MlflowClient().create_run(experiment_id)
     with pytest.raises(ExecutionException):
         run_step(Step("teacher", {"recipe": "cpu"}), INPUTS, parent, "cpu-teacher")

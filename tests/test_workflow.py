@@ -1,4 +1,4 @@
-"""`main` (qa_distill/workflow.py): the chain as child runs, reused when done, continued when not;
+"""`main` (qa_distill/workflow/steps.py): the chain as child runs, reused when done, continued when not;
 and runs that `mlflow run` launches land in the configured experiment (qa_distill/tracking/launched_run.py)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from qa_distill.chain import dry_run
 from qa_distill.cli import main as cli_main
 from qa_distill.config import DEFAULT_BACKENDS, PROJECT_ROOT, RESULTS_DIR, TrackingConfig, WorkflowConfig
 from qa_distill.tracking import runs as tracking
 from qa_distill.tracking.launched_run import MOVED_TO
-from qa_distill.workflow import KeyInputs, Step, StepResult, run_step
+from qa_distill.workflow.plan import dry_run
+from qa_distill.workflow.steps import KeyInputs, Step, StepResult, run_step
 
 from .conftest import child_env
 

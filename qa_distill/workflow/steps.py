@@ -55,7 +55,6 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from qa_distill.chain import budget_seconds, dry_run, fit_budget
 from qa_distill.config import PROJECT_ROOT, ROLES, RunConfig, WorkflowConfig, launched_run_id, registered_uri
 from qa_distill.data.squad import data_fingerprint
 from qa_distill.errors import Interrupted
@@ -64,6 +63,7 @@ from qa_distill.reporting.report import ROLE_NAMES
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.runtime.progress import PLANNED_TRAIN_SECONDS
 from qa_distill.tracking import runs as tracking
+from qa_distill.workflow.plan import budget_seconds, dry_run, fit_budget
 
 log = logging.getLogger(__name__)
 
