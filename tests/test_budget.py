@@ -4,6 +4,7 @@ the budget's defaults, and the overrun line of a training step (qa_distill/runti
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from qa_distill.config import WorkflowConfig
 from qa_distill.errors import ConfigError
 from qa_distill.runtime import progress
 from qa_distill.runtime.budget import (
+    MIN_SPEED_QUESTIONS,
     MIN_TRAIN_QUESTIONS,
     ChainShape,
     ModelRates,
@@ -58,6 +60,19 @@ def test_a_recipe_too_large_is_sized_to_fill_the_budget():
     assert plan.overrides() == [f"data.train_questions={plan.train_questions}",
                                 f"data.dev_questions={plan.dev_questions}"]
     assert set(plan.costs) == {"teacher", "student", "distill", "speedtest", "report"}
+
+
+def test_a_sized_chain_times_questions_in_its_dev_share_and_a_given_number_as_given():
+    full = plan_budget(shape(), None)
+    assert full.speed_questions == 1000
+    plan = plan_budget(shape(slower=3.0), 1800)
+    share = plan.dev_questions / 10570
+    assert plan.sized and plan.speed_questions == max(MIN_SPEED_QUESTIONS, round(1000 * share)) < 1000
+    timed = sum(r.rates.latency for r in shape(slower=3.0).roles.values()) * 4 * (plan.speed_questions + 10)
+    assert plan.costs["speedtest"]["evaluate"] == pytest.approx(timed)
+    given = replace(shape(slower=3.0), sized_speed=SpeedShape(1000, False, 4, 10, 30.0))  # speed_questions=1000
+    assert plan_budget(given, 1800).speed_questions == 1000
+    assert plan_budget(given, 1800).train_questions < plan.train_questions  # its timing costs training
 
 
 def test_a_slower_machine_gets_fewer_questions():

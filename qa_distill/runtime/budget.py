@@ -11,12 +11,13 @@ returned as it is: no override, the same step keys as a run without a budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 STEPS = ("teacher", "student", "distill", "speedtest", "report")
 # below these a sized chain stops shrinking (and says it will overrun): fewer questions teach nothing
 MIN_TRAIN_QUESTIONS = 64
 MIN_DEV_QUESTIONS = 32
+MIN_SPEED_QUESTIONS = 100  # the fewest a sized chain's speed test times: a p50 and p90 still worth reading
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class BudgetPlan:
     costs: dict[str, dict[str, float]]  # step -> part (train, evaluate, other) -> seconds
     sized: bool  # the recipe's sizes did not fit: the overrides apply
     fits: bool
+    speed_questions: int  # what the speed test times
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -105,11 +107,21 @@ def step_costs(shape: ChainShape, *, train_questions: int, dev_questions: int,
         costs[role] = {"train": train_windows * r.epochs / r.rates.train,
                        "evaluate": dev_windows * r.evaluations / r.rates.infer, "other": other}
     speed = shape.sized_speed if sized else shape.speed
-    questions = min(speed.questions, dev_questions) if speed.follows_dev else speed.questions
+    questions = speed_questions(shape, dev_questions=dev_questions, sized=sized)
     timed = sum(r.rates.latency for r in shape.roles.values()) * speed.passes * (questions + speed.warmup)
     costs["speedtest"] = {"evaluate": timed, "other": shape.step_overhead + speed.compile_seconds}
     costs["report"] = {"other": shape.step_overhead}
     return costs
+
+
+def speed_questions(shape: ChainShape, *, dev_questions: int, sized: bool) -> int:
+    """Questions the speed test times: unless given, a sized chain's in the share its dev set keeps
+    (at least `MIN_SPEED_QUESTIONS`), so that on a slow CPU timing does not crowd out training."""
+    speed = shape.sized_speed if sized else shape.speed
+    if not speed.follows_dev:
+        return speed.questions
+    share = round(speed.questions * dev_questions / shape.dev_questions)
+    return min(speed.questions, dev_questions, max(MIN_SPEED_QUESTIONS, share))
 
 
 def _sizes(shape: ChainShape, factor: float) -> tuple[int, int]:
@@ -122,22 +134,23 @@ def plan_budget(shape: ChainShape, budget_seconds: float | None) -> BudgetPlan:
     """The recipe's sizes where they fit `budget_seconds` (None: no budget), else the largest
     common fraction of its train and dev questions that does (found by bisection: cost grows with it)."""
     full = step_costs(shape, train_questions=shape.train_questions, dev_questions=shape.dev_questions, sized=False)
-    plan = BudgetPlan(budget_seconds, shape.train_questions, shape.dev_questions, full, False, True)
+    plan = BudgetPlan(budget_seconds, shape.train_questions, shape.dev_questions, full, False, True,
+                      speed_questions(shape, dev_questions=shape.dev_questions, sized=False))
     if budget_seconds is None or plan.total <= budget_seconds:
         return plan
 
     def at(factor: float) -> BudgetPlan:
         train, dev = _sizes(shape, factor)
         costs = step_costs(shape, train_questions=train, dev_questions=dev, sized=True)
-        return BudgetPlan(budget_seconds, train, dev, costs, True, True)
+        return BudgetPlan(budget_seconds, train, dev, costs, True, True,
+                          speed_questions(shape, dev_questions=dev, sized=True))
 
     low, high = 0.0, 1.0
     for _ in range(40):
         middle = (low + high) / 2
         low, high = (middle, high) if at(middle).total <= budget_seconds else (low, middle)
     best = at(low)
-    return BudgetPlan(budget_seconds, best.train_questions, best.dev_questions, best.costs, True,
-                      best.total <= budget_seconds)
+    return replace(best, fits=best.total <= budget_seconds)
 
 
 def describe(plan: BudgetPlan, *, recipe_train: int, recipe_dev: int) -> str:
@@ -156,7 +169,7 @@ def describe(plan: BudgetPlan, *, recipe_train: int, recipe_dev: int) -> str:
         head = f"{minutes(plan.budget_seconds)} min left, expected {minutes(plan.total)} min"
     if plan.sized:
         size = (f"sized to fit: {plan.train_questions} of {recipe_train} train and {plan.dev_questions} of "
-                f"{recipe_dev} dev questions")
+                f"{recipe_dev} dev questions, {plan.speed_questions} timed")
     else:
         size = f"the recipe's {recipe_train} train and {recipe_dev} dev questions"
     line = f"{head}; {size}; minutes per step: {steps}"

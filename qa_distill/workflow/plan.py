@@ -234,7 +234,8 @@ def fit_budget(wf: WorkflowConfig, plan: Plan) -> tuple[WorkflowConfig, Plan, bu
     plan.notes.append(f"budget {seconds / 60:g} min on {cpu_name()}, {spent:.0f} s of it spent on checks and a "
                       f"{measured.seconds:.0f} s probe; {where}")
     if sized.sized:
-        wf = replace(wf, overrides=" ".join([wf.overrides.strip(), *sized.overrides()]).strip())
+        wf = replace(wf, overrides=" ".join([wf.overrides.strip(), *sized.overrides()]).strip(),
+                     speed_questions=wf.speed_questions or sized.speed_questions)
         notes = plan.notes
         plan = dry_run(wf)
         plan.notes = notes + [n for n in plan.notes if n not in notes]
