@@ -55,6 +55,18 @@ def test_windows_in_memory_cut_the_same_batches_as_the_collator(tmp_path, dev_sa
         assert torch.equal(collate(windows.__getitems__([4, 2]))["input_ids"], windows.batch([4, 2])["input_ids"])
 
 
+
+def test_a_bucket_wider_than_the_longest_window_pads_every_column_to_it(tmp_path, dev_sample, tiny_bert):
+    p = prepare(_config(tmp_path, dev_sample, tiny_bert))
+    pad = p.student.tokenizer.pad_token_id
+    windows = WindowTensors(p.train_features, pad, multiple=100, max_length=1000)  # the longest: 128 tokens
+    batch = windows.batch(list(range(len(windows))))
+    assert {key: value.shape[1] for key, value in batch.items() if value.dim() == 2} == {
+        "input_ids": 200, "token_type_ids": 200, "attention_mask": 200}
+    assert torch.equal(batch["input_ids"][:, 128:], torch.full((len(windows), 72), pad))
+    assert torch.equal(batch["attention_mask"].sum(1), windows.lengths)
+
+
 def _trained(config):
     set_seed(config.training.seed)
     p = prepare(config)

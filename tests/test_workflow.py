@@ -99,7 +99,9 @@ def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, 
     assert {name: s["run_id"] for name, s in second["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
     assert {s["action"] for s in second["steps"].values()} == {"reused"}
     assert client.get_run(second["run_id"]).data.tags["step.teacher.action"] == "reused"
-    assert client.get_run(second["run_id"]).data.metrics == parent.data.metrics  # a reused chain's outcome too
+    def outcome(run):  # the results' figures, not the steps' own timings
+        return {k: v for k, v in run.data.metrics.items() if not k.startswith("step.")}
+    assert outcome(client.get_run(second["run_id"])) == outcome(parent) != {}  # a reused chain's outcome too
     assert len(_training_runs(client, experiment.experiment_id)) == 3  # nothing trained again
 
 

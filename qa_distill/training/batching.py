@@ -91,7 +91,9 @@ class WindowTensors(torch.utils.data.Dataset):
         # each token's row and position in the padded array: one scatter per column, no loop over windows
         row = np.repeat(np.arange(len(self.lengths)), self.lengths.numpy())
         position = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], self.lengths.numpy())
-        width = int(self.lengths.max()) if len(self.lengths) else 0
+        # as wide as the bucket of the longest window, which may be wider than the window itself
+        longest = int(self.lengths.max()) if len(self.lengths) else 0
+        width = bucket_width(longest, multiple=multiple, max_length=max_length) if longest else 0
         self.columns: dict[str, torch.Tensor] = {}
         for key, dtype, pad in (("input_ids", np.int32, pad_token_id), ("token_type_ids", np.int8, 0)):
             if key in table.column_names:
