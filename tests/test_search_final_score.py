@@ -30,6 +30,7 @@ def test_the_best_model_is_scored_on_the_whole_dev_set_only_with_the_setting(mon
     assert study.score_on_full_dev(_objective(False), None, {"best_trial": 3}) == {}
     assert calls == []  # the default: no evaluation after the study
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("final-score")  # not the experiment an earlier test made active in another store
     with mlflow.start_run() as run:
         assert study.score_on_full_dev(_objective(True), None, {"best_trial": 7}) == {}  # another worker's best
         scores = study.score_on_full_dev(_objective(True), None, {"best_trial": 3})
