@@ -9,7 +9,6 @@ seconds on a fast machine and about a minute on a slow one (`Measured.seconds`).
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from transformers import DataCollatorWithPadding
 from qa_distill.config import RunConfig
 from qa_distill.data.features import build_features
 from qa_distill.data.squad import Split, load_split
+from qa_distill.models import accepts, load_tokenizer
 from qa_distill.runtime.budget import ModelRates
 from qa_distill.training.runs import load_student
 from qa_distill.training.trainer import resolve_precision
@@ -59,11 +59,10 @@ def _timed(fn, repeats: int, *, warm: bool = True) -> float:
 def _model_rates(config: RunConfig, windows, *, device: torch.device, precision: str) -> ModelRates:
     loaded = load_student(config)
     model, tokenizer = loaded.model.to(device), loaded.tokenizer
-    accepted = set(inspect.signature(model.forward).parameters)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
 
     def batch(n: int, *, labels: bool) -> dict[str, torch.Tensor]:
-        rows = [{k: v for k, v in windows[i].items() if k in accepted and (labels or "positions" not in k)}
+        rows = [{k: v for k, v in windows[i].items() if accepts(model, k) and (labels or "positions" not in k)}
                 for i in range(min(n, len(windows)))]
         return {k: v.to(device) for k, v in collate(rows).items()}
 
@@ -104,7 +103,7 @@ def measure(configs: dict[str, RunConfig]) -> Measured:
         torch.set_num_threads(first.training.threads)
     whole = replace(d, train_questions=None, dev_questions=None)
     train, dev = load_split(whole, "train"), load_split(whole, "dev")
-    tokenizer = load_student(first).tokenizer
+    tokenizer = load_tokenizer(first.model.name)  # a student's is its base model's
     windows = {}
     with tempfile.TemporaryDirectory() as cache:
         tokenizing = time.perf_counter()
