@@ -84,12 +84,12 @@ def test_a_slower_machine_gets_fewer_questions():
 def test_a_budget_below_the_smallest_chain_says_it_overruns():
     plan = plan_budget(shape(slower=50.0), 300)
     assert plan.sized and not plan.fits and plan.train_questions == MIN_TRAIN_QUESTIONS
-    assert "give main a larger budget_minutes" in describe(plan, recipe_train=16000, recipe_dev=10570)
+    assert "give main a larger budget_minutes" in describe(plan)
 
 
 def test_the_start_line_says_the_budget_the_sizes_and_minutes_per_step():
     plan = plan_budget(shape(), 1800)
-    line = describe(plan, recipe_train=16000, recipe_dev=10570)
+    line = describe(plan)
     assert line.startswith("30.0 min left, expected ")
     assert f"{plan.train_questions} of 16000 train" in line
     assert f"teacher {plan.seconds['teacher'] / 60:.1f} (train " in line and "speedtest " in line

@@ -4,6 +4,7 @@ FAILED, the stop is one line with the signal's exit code, and the rerun continue
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -12,12 +13,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import ExecutionException
 
 from qa_distill.cli import _report_error
+from qa_distill.config import WorkflowConfig
 from qa_distill.errors import Interrupted
+from qa_distill.runtime.budget import BudgetPlan
 from qa_distill.tracking.runs import STOPPED_BY
+from qa_distill.workflow import plan as chain_plan
 from qa_distill.workflow import steps
-from qa_distill.workflow.steps import KeyInputs, Step, parent_run, run_step
+from qa_distill.workflow.steps import PLAN_TAG, KeyInputs, Step, earlier_plan, main_key, parent_run, run_step
 
 INPUTS = KeyInputs("recipe-sha", "data-fingerprint", "commit")
+TINY = Path(__file__).resolve().parent / "recipes" / "tiny.yaml"
 
 
 @pytest.fixture
@@ -84,3 +89,29 @@ def test_under_mlflow_run_the_launched_run_points_to_the_continued_parent(experi
     pointer = client.get_run(launched)
     assert pointer.info.status == "FINISHED"
     assert stopped.info.run_id in pointer.data.tags["mlflow.note.content"]
+
+
+def test_a_rerun_under_a_budget_keeps_the_plan_of_its_chain_instead_of_measuring_anew(
+        experiment_id, monkeypatch, tmp_path, tiny_bert, dev_sample):
+    """A probe measures slightly different rates each time; a rerun that followed them would train
+    other sizes, so neither reuse the finished steps nor continue the stopped one."""
+    wf = WorkflowConfig(recipe=str(TINY), data=str(dev_sample), overrides=f"model.name={tiny_bert}",
+                        output_dir=str(tmp_path / "out"), budget_minutes=1)
+    key = main_key(wf, INPUTS, machine="this CPU")
+    assert key != main_key(wf, INPUTS, machine="another CPU") != main_key(wf, INPUTS)
+    assert earlier_plan(experiment_id, key) is None
+    planned = BudgetPlan(60.0, 5, 4, {"teacher": {"train": 20.0, "other": 5.0}}, True, True, 4, 12, 8)
+    with pytest.raises(Interrupted), parent_run(experiment_id, key, run_name="tiny-main") as stopped:
+        mlflow.set_tag(PLAN_TAG, planned.to_json())
+        raise Interrupted(signal.SIGINT)
+    assert earlier_plan(experiment_id, "another-chain") is None
+    assert earlier_plan(experiment_id, key) == (stopped.info.run_id, planned)
+
+    def no_probe(configs):
+        raise AssertionError("a rerun of a planned chain measured the machine again")
+    monkeypatch.setattr(chain_plan.probe, "measure", no_probe)
+    sized_wf, plan, sized = chain_plan.fit_budget(wf, chain_plan.dry_run(wf), earlier=earlier_plan(experiment_id, key))
+    assert sized == planned
+    assert sized_wf.overrides.split()[-2:] == ["data.train_questions=5", "data.dev_questions=4"]
+    assert sized_wf.speed_questions == 4 and plan.configs["teacher"].data.train_questions == 5
+    assert any(f"the plan of this chain's run {stopped.info.run_id}" in note for note in plan.notes)

@@ -11,7 +11,8 @@ returned as it is: no override, the same step keys as a run without a budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 
 STEPS = ("teacher", "student", "distill", "speedtest", "report")
 # below these a sized chain stops shrinking (and says it will overrun): fewer questions teach nothing
@@ -76,6 +77,8 @@ class BudgetPlan:
     sized: bool  # the recipe's sizes did not fit: the overrides apply
     fits: bool
     speed_questions: int  # what the speed test times
+    recipe_train_questions: int  # the recipe's own sizes, which `train_questions`/`dev_questions` share
+    recipe_dev_questions: int
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -90,6 +93,14 @@ class BudgetPlan:
         if not self.sized:
             return []
         return [f"data.train_questions={self.train_questions}", f"data.dev_questions={self.dev_questions}"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BudgetPlan:
+        """A plan as `to_json` wrote it: what a rerun of the same chain keeps."""
+        return cls(**json.loads(text))
 
 
 def step_costs(shape: ChainShape, *, train_questions: int, dev_questions: int,
@@ -135,7 +146,8 @@ def plan_budget(shape: ChainShape, budget_seconds: float | None) -> BudgetPlan:
     common fraction of its train and dev questions that does (found by bisection: cost grows with it)."""
     full = step_costs(shape, train_questions=shape.train_questions, dev_questions=shape.dev_questions, sized=False)
     plan = BudgetPlan(budget_seconds, shape.train_questions, shape.dev_questions, full, False, True,
-                      speed_questions(shape, dev_questions=shape.dev_questions, sized=False))
+                      speed_questions(shape, dev_questions=shape.dev_questions, sized=False),
+                      shape.train_questions, shape.dev_questions)
     if budget_seconds is None or plan.total <= budget_seconds:
         return plan
 
@@ -143,7 +155,8 @@ def plan_budget(shape: ChainShape, budget_seconds: float | None) -> BudgetPlan:
         train, dev = _sizes(shape, factor)
         costs = step_costs(shape, train_questions=train, dev_questions=dev, sized=True)
         return BudgetPlan(budget_seconds, train, dev, costs, True, True,
-                          speed_questions(shape, dev_questions=dev, sized=True))
+                          speed_questions(shape, dev_questions=dev, sized=True),
+                          shape.train_questions, shape.dev_questions)
 
     low, high = 0.0, 1.0
     for _ in range(40):
@@ -153,7 +166,7 @@ def plan_budget(shape: ChainShape, budget_seconds: float | None) -> BudgetPlan:
     return replace(best, fits=best.total <= budget_seconds)
 
 
-def describe(plan: BudgetPlan, *, recipe_train: int, recipe_dev: int) -> str:
+def describe(plan: BudgetPlan) -> str:
     """The start line's budget part: the budget, minutes per step and where they go."""
     def minutes(seconds: float) -> str:
         return f"{seconds / 60:.1f}"
@@ -168,10 +181,10 @@ def describe(plan: BudgetPlan, *, recipe_train: int, recipe_dev: int) -> str:
     else:
         head = f"{minutes(plan.budget_seconds)} min left, expected {minutes(plan.total)} min"
     if plan.sized:
-        size = (f"sized to fit: {plan.train_questions} of {recipe_train} train and {plan.dev_questions} of "
-                f"{recipe_dev} dev questions, {plan.speed_questions} timed")
+        size = (f"sized to fit: {plan.train_questions} of {plan.recipe_train_questions} train and "
+                f"{plan.dev_questions} of {plan.recipe_dev_questions} dev questions, {plan.speed_questions} timed")
     else:
-        size = f"the recipe's {recipe_train} train and {recipe_dev} dev questions"
+        size = f"the recipe's {plan.recipe_train_questions} train and {plan.recipe_dev_questions} dev questions"
     line = f"{head}; {size}; minutes per step: {steps}"
     if not plan.fits:
         line += (f"; even the smallest chain ({MIN_TRAIN_QUESTIONS} train questions) overruns: "

@@ -220,19 +220,28 @@ def chain_shape(wf: WorkflowConfig, plan: Plan, measured: probe.Measured) -> bud
     )
 
 
-def fit_budget(wf: WorkflowConfig, plan: Plan) -> tuple[WorkflowConfig, Plan, budget.BudgetPlan | None]:
+def fit_budget(wf: WorkflowConfig, plan: Plan, *, earlier: tuple[str, budget.BudgetPlan] | None = None,
+               ) -> tuple[WorkflowConfig, Plan, budget.BudgetPlan | None]:
     """`wf` and `plan` sized to the budget (unchanged where the recipe fits or there is none),
-    with the budget plan; the start line says the budget and where the time goes."""
+    with the budget plan; the start line says the budget and where the time goes. `earlier` (run
+    id, plan) is the plan an earlier run of the same chain on this CPU followed: kept, not measured
+    again, so that a rerun reuses and continues that run's steps instead of training other sizes."""
     seconds = budget_seconds(wf)
     if seconds is None:
         return wf, plan, None
-    measured = probe.measure(plan.configs)
-    shape = chain_shape(wf, plan, measured)
-    spent = seconds_running() or measured.seconds
-    sized = budget.plan_budget(shape, seconds - spent)
-    where = budget.describe(sized, recipe_train=shape.train_questions, recipe_dev=shape.dev_questions)
-    plan.notes.append(f"budget {seconds / 60:g} min on {cpu_name()}, {spent:.0f} s of it spent on checks and a "
-                      f"{measured.seconds:.0f} s probe; {where}")
+    if earlier is not None:
+        run_id, sized = earlier
+        where = budget.describe(sized)
+        plan.notes.append(f"budget {seconds / 60:g} min on {cpu_name()}: the plan of this chain's run {run_id}, "
+                          f"kept so its steps are reused or continued (another budget_minutes plans anew); {where}")
+    else:
+        measured = probe.measure(plan.configs)
+        shape = chain_shape(wf, plan, measured)
+        spent = seconds_running() or measured.seconds
+        sized = budget.plan_budget(shape, seconds - spent)
+        where = budget.describe(sized)
+        plan.notes.append(f"budget {seconds / 60:g} min on {cpu_name()}, {spent:.0f} s of it spent on checks and a "
+                          f"{measured.seconds:.0f} s probe; {where}")
     if sized.sized:
         wf = replace(wf, overrides=" ".join([wf.overrides.strip(), *sized.overrides()]).strip(),
                      speed_questions=wf.speed_questions or sized.speed_questions)

@@ -3,7 +3,7 @@
 The steps are the entry points teacher, student, distill, speedtest and report, in that order.
 `distill` gets the teacher step's model as an exact URI (`models:/<registered name>/3`, or
 `runs:/<id>/model` where nothing is registered), never the recipe's default `latest`; `speedtest` gets the exact
-versions of the three trained models. Before the first step starts, `chain.dry_run` checks them all
+versions of the three trained models. Before the first step starts, `plan.dry_run` checks them all
 as they will run (one line naming the step and the setting) and says where the tables will go.
 
 A step's key is a hash of its entry point, its parameters, the runs it reads (the report's
@@ -60,6 +60,7 @@ from qa_distill.data.squad import data_fingerprint
 from qa_distill.errors import Interrupted
 from qa_distill.recipes import recipe_path
 from qa_distill.reporting.report import ROLE_NAMES
+from qa_distill.runtime.budget import BudgetPlan
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.runtime.progress import PLANNED_TRAIN_SECONDS
 from qa_distill.tracking import runs as tracking
@@ -71,6 +72,7 @@ STEP_KEY = "qa_distill.step_key"  # tag of every step run: what `main` looks run
 STEP = "qa_distill.step"  # tag: the step's entry point
 MAIN_KEY = "qa_distill.main_key"  # tag of the parent run: the chain it runs (recipe, inputs, settings)
 BUDGET_TAG = "budget_minutes"  # tag of the parent and of each step run it ran: main's budget (0: none)
+PLAN_TAG = "qa_distill.budget_plan"  # tag of the parent: the budget plan it followed (JSON), which a rerun keeps
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,23 @@ def exact_model_uri(run_id: str, config: RunConfig) -> str:
     return f"runs:/{run_id}/model"
 
 
-def main_key(wf: WorkflowConfig, inputs: KeyInputs) -> str:
-    """What identifies a chain: its settings (budget's overrides included) and its steps' inputs."""
-    return hashlib.sha256(json.dumps([asdict(wf), asdict(inputs)], sort_keys=True).encode()).hexdigest()[:16]
+def main_key(wf: WorkflowConfig, inputs: KeyInputs, *, machine: str = "") -> str:
+    """What identifies a chain: its settings as given (before a budget sizes them), its steps'
+    inputs and, under a budget, the machine whose rates sized it."""
+    spec = [asdict(wf), asdict(inputs), machine]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def earlier_plan(experiment_id: str, key: str) -> tuple[str, BudgetPlan] | None:
+    """The newest run of chain `key` that recorded its budget plan, and the plan: a rerun follows
+    it, so that its steps keep their keys (and are reused or continued) rather than following a
+    new probe's slightly different sizes."""
+    found = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{MAIN_KEY}` = '{key}'", order_by=["attributes.start_time DESC"])
+    for run in found:
+        if PLAN_TAG in run.data.tags:
+            return run.info.run_id, BudgetPlan.from_json(run.data.tags[PLAN_TAG])
+    return None
 
 
 @contextmanager
@@ -200,17 +216,20 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
 def run_main(wf: WorkflowConfig) -> dict[str, Any]:
     """The `main` entry point: `dry_run`, then every step in one parent run; returns each
     step's run and action, and where the tables went."""
-    wf, plan, sized = fit_budget(wf, dry_run(wf))
+    plan = dry_run(wf)
+    inputs = key_inputs(plan.recipe, plan.configs)  # sizes change none of them
+    experiment_id = tracking.setup(plan.tracking)
+    key = main_key(wf, inputs, machine=cpu_name() if budget_seconds(wf) else "")
+    wf, plan, sized = fit_budget(wf, plan, earlier=earlier_plan(experiment_id, key))
     for note in plan.notes:
         print(f"qa-distill main: {note}", file=sys.stderr, flush=True)
     recipe, name, configs, speed = plan.recipe, plan.name, plan.configs, plan.speed
-    inputs = key_inputs(recipe, configs)
-    experiment_id = tracking.setup(plan.tracking)
     results: dict[str, StepResult] = {}
-    with parent_run(experiment_id, main_key(wf, inputs), run_name=f"{name}-main") as parent:
+    with parent_run(experiment_id, key, run_name=f"{name}-main") as parent:
         minutes = f"{(budget_seconds(wf) or 0) / 60:g}"
         mlflow.set_tags({"recipe": name, "role": "main", BUDGET_TAG: minutes, "cpu": cpu_name()})
         if sized is not None:
+            mlflow.set_tag(PLAN_TAG, sized.to_json())
             mlflow.log_params({"budget.train_questions": sized.train_questions,
                                "budget.dev_questions": sized.dev_questions, "budget.sized": sized.sized})
         experiment = MlflowClient().get_experiment(parent.info.experiment_id).name
