@@ -116,7 +116,8 @@ class QAPredictor:
             yield rows, width, self._inputs(enc, rows, width)
 
     @torch.inference_mode()
-    def _logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
+    def logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits of every window of `enc`, padded with -1e4 to the longest."""
         lengths = [len(x) for x in enc["input_ids"]]
         width = self.width(max(lengths))
         start = np.full((len(lengths), width), -1e4, dtype=np.float32)
@@ -160,7 +161,7 @@ class QAPredictor:
     def _answer(self, questions: list[str], contexts: list[str], stride: int) -> list[str]:
         ids = [str(i) for i in range(len(questions))]
         enc = encode_windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=stride)
-        start, end = self._logits(enc)
+        start, end = self.logits(enc)
         example_ids = [ids[i] for i in enc["overflow_to_sample_mapping"]]
         offsets = pad_offsets(context_offsets(enc), start.shape[1])
         answers = postprocess(
