@@ -14,6 +14,7 @@ from qa_distill.config import WorkflowConfig
 from qa_distill.errors import ConfigError
 from qa_distill.runtime import progress
 from qa_distill.runtime.budget import (
+    MIN_BATCH_SIZE,
     MIN_SPEED_QUESTIONS,
     MIN_TRAIN_QUESTIONS,
     ChainShape,
@@ -39,7 +40,7 @@ def shape(*, slower: float = 1.0) -> ChainShape:
         train_questions=16000, dev_questions=10570, train_windows_per_question=1.1,
         dev_windows_per_question=1.05, tokenize_seconds_per_question=0.002,
         speed=SpeedShape(1000, False, 10, 10, 120.0), sized_speed=SpeedShape(1000, True, 4, 10, 30.0),
-        step_overhead=20.0,
+        step_overhead=20.0, batch_size=32,
     )
 
 
@@ -58,7 +59,7 @@ def test_a_recipe_too_large_is_sized_to_fill_the_budget():
     # one factor for both splits: the chain keeps its proportions
     assert plan.train_questions / 16000 == pytest.approx(plan.dev_questions / 10570, rel=0.01)
     assert plan.overrides() == [f"data.train_questions={plan.train_questions}",
-                                f"data.dev_questions={plan.dev_questions}"]
+                                f"data.dev_questions={plan.dev_questions}", f"training.batch_size={plan.batch_size}"]
     assert set(plan.costs) == {"teacher", "student", "distill", "speedtest", "report"}
 
 
@@ -73,6 +74,18 @@ def test_a_sized_chain_times_questions_in_its_dev_share_and_a_given_number_as_gi
     given = replace(shape(slower=3.0), sized_speed=SpeedShape(1000, False, 4, 10, 30.0))  # speed_questions=1000
     assert plan_budget(given, 1800).speed_questions == 1000
     assert plan_budget(given, 1800).train_questions < plan.train_questions  # its timing costs training
+
+
+def test_a_sized_chain_shrinks_its_batch_with_its_questions_to_keep_the_recipes_steps():
+    assert plan_budget(shape(), None).batch_size == 32  # fits: the recipe's
+    full = plan_budget(shape(), None).total
+    half = plan_budget(shape(), full / 2)
+    assert half.batch_size == round(32 * half.train_questions / 16000) < 32
+    assert 16000 / 32 * 0.9 < half.train_questions / half.batch_size < 16000 / 32 * 1.1  # about the recipe's steps
+    tiny = plan_budget(shape(slower=30.0), 1800)
+    assert tiny.train_questions < 16000 * MIN_BATCH_SIZE / 32 and tiny.batch_size == MIN_BATCH_SIZE
+    small_batch = replace(shape(), batch_size=4)
+    assert plan_budget(small_batch, full / 2).batch_size == 4  # never above the recipe's
 
 
 def test_a_slower_machine_gets_fewer_questions():

@@ -100,7 +100,7 @@ def test_a_rerun_under_a_budget_keeps_the_plan_of_its_chain_instead_of_measuring
     key = main_key(wf, INPUTS, machine="this CPU")
     assert key != main_key(wf, INPUTS, machine="another CPU") != main_key(wf, INPUTS)
     assert earlier_plan(experiment_id, key) is None
-    planned = BudgetPlan(60.0, 5, 4, {"teacher": {"train": 20.0, "other": 5.0}}, True, True, 4, 12, 8)
+    planned = BudgetPlan(60.0, 5, 4, {"teacher": {"train": 20.0, "other": 5.0}}, True, True, 4, 12, 8, 2)
     with pytest.raises(Interrupted), parent_run(experiment_id, key, run_name="tiny-main") as stopped:
         mlflow.set_tag(PLAN_TAG, planned.to_json())
         raise Interrupted(signal.SIGINT)
@@ -112,6 +112,8 @@ def test_a_rerun_under_a_budget_keeps_the_plan_of_its_chain_instead_of_measuring
     monkeypatch.setattr(chain_plan.probe, "measure", no_probe)
     sized_wf, plan, sized = chain_plan.fit_budget(wf, chain_plan.dry_run(wf), earlier=earlier_plan(experiment_id, key))
     assert sized == planned
-    assert sized_wf.overrides.split()[-2:] == ["data.train_questions=5", "data.dev_questions=4"]
+    assert sized_wf.overrides.split()[-3:] == [
+        "data.train_questions=5", "data.dev_questions=4", "training.batch_size=2"]
     assert sized_wf.speed_questions == 4 and plan.configs["teacher"].data.train_questions == 5
+    assert plan.configs["distill"].training.batch_size == 2
     assert any(f"the plan of this chain's run {stopped.info.run_id}" in note for note in plan.notes)

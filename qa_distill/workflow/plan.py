@@ -217,6 +217,7 @@ def chain_shape(wf: WorkflowConfig, plan: Plan, measured: probe.Measured) -> bud
         speed=_speed_shape(wf, plan, full=plan.results_stem is None),
         sized_speed=_speed_shape(wf, plan, full=False),
         step_overhead=STARTUP_SECONDS if started is None else max(started - measured.seconds, STARTUP_SECONDS),
+        batch_size=plan.configs["teacher"].training.batch_size,  # the recipes' roles share one
     )
 
 
