@@ -1,4 +1,4 @@
-"""Fill the tables of README.md and experiments/results/README.md from the committed results, so
+"""Fill the tables of README.md, docs/main.md and experiments/results/README.md from the committed results, so
 that neither page shows a figure the project's commands did not write.
 
     python experiments/update_readme.py
@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "qa_distill"
 RESULTS = ROOT / "experiments" / "results"
-PAGES = (ROOT / "README.md", RESULTS / "README.md")
+PAGES = (ROOT / "README.md", RESULTS / "README.md", ROOT / "docs" / "main.md")
 MARKER = re.compile(r"(<!-- (?P<kind>table|short):(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 ARCHITECTURE = re.compile(r"(<!-- architecture -->\n).*?(<!-- /architecture -->)", re.S)
 FORMATS = {"size_mb": ".1f", "questions_per_s": ".1f"}  # every other float: .2f, as tables.py writes
@@ -48,6 +48,8 @@ RECIPE_COLUMNS = ("model", "exact_match", "f1", "train_minutes", "version", "fp3
 SHORT = {
     "cpu": Short("cpu", RECIPE_COLUMNS, cpu_from="cpu-speed"),
     "gpu": Short("gpu", RECIPE_COLUMNS, cpu_from="gpu-speed"),
+    "cpu-main-60min-zen3": Short(
+        "cpu-main-60min-zen3", ("model", "exact_match", "f1", "train_questions", "train_minutes", "fp32_p50_ms")),
     "cpu-latency": Short(
         "cpu-speed",
         ("backend", "p50_ms", "p90_ms", "questions_per_s", "f1", "size_mb", "speedup_vs_teacher_hf"),
