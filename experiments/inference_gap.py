@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for spec in args.models:
         name, source = spec.split("=", 1)
-        for row, answers in answers_by_row(source, dev["question"], dev["context"]).items():
+        for row, answers in answers_by_row(source, list(dev["question"]), list(dev["context"])).items():
             scores = squad_scores(gold, dict(zip(dev["id"], answers, strict=True)))
             rows.append({"model": name, "inference": row, "exact_match": scores["exact_match"], "f1": scores["f1"]})
     table = pd.DataFrame(rows).assign(dev_questions=len(gold), cpu=cpu_name())

@@ -250,6 +250,10 @@ def test_a_committed_recipe_at_its_budget_keeps_the_committed_tables_and_full_sp
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 29 item 5, open: under `mlflow run`, a step stopped by Ctrl-C ends FAILED although it tagged "
+    "qa_distill.stopped_by=SIGINT (its KILLED is not what the store holds when main looks), so main, its "
+    "parent and the launched run end FAILED too"))
 def test_mlflow_run_of_a_tiny_recipe_stopped_by_ctrl_c_and_run_again_is_one_parent_run_to_the_end(
         tracking_uri, tmp_path, tiny_bert, dev_sample):
     """`mlflow run . -P recipe=<tiny recipe>`, no other parameter, as a new user types it; Ctrl-C in
