@@ -206,11 +206,28 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
         log.warning("main: continuing the stopped chain's run %s", unfinished)
     with mlflow.start_run(run_id=unfinished, run_name=None if unfinished else run_name) as active:
         mlflow.set_tag(MAIN_KEY, key)
+        previous = signal.signal(signal.SIGTERM, _stop)
         try:
             yield client.get_run(active.info.run_id)
         except (Interrupted, KeyboardInterrupt):
+            _ignore_stops()
             mlflow.end_run("KILLED")
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_stops() -> None:
+    """Stopping already: a further SIGINT or SIGTERM (`mlflow run` sends SIGTERM after Ctrl-C) must not
+    kill this process before its parent run is ended KILLED."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM stops the chain as Ctrl-C does (by default it would end the process, its run left RUNNING)."""
+    _ignore_stops()
+    raise Interrupted(signal.Signals(signum))
 
 
 def run_main(wf: WorkflowConfig) -> dict[str, Any]:
