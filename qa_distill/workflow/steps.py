@@ -108,7 +108,7 @@ def key_inputs(recipe: str, configs: dict[str, RunConfig]) -> KeyInputs:
     return KeyInputs(recipe_sha, ";".join(data), get_git_commit(str(PROJECT_ROOT)) or "")
 
 
-def tagged_runs(experiment_id: str, tag: str, value: str) -> list[Run]:
+def tagged_runs(experiment_id: str, tag: str, *, value: str) -> list[Run]:
     """Runs of the experiment whose `tag` is `value`, newest first."""
     return MlflowClient().search_runs(
         [experiment_id], f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time DESC"]
@@ -119,7 +119,7 @@ def run_step(step: Step, inputs: KeyInputs, parent: Run, run_name: str) -> StepR
     """Reuse the step's finished run, or continue its unfinished one, or run it anew."""
     client = MlflowClient()
     key = step_key(step, inputs)
-    found = tagged_runs(parent.info.experiment_id, STEP_KEY, key)
+    found = tagged_runs(parent.info.experiment_id, STEP_KEY, value=key)
     finished = next((r for r in found if r.info.status == "FINISHED"), None)
     if finished is not None:
         log.warning("%s: reusing finished run %s", step.entry_point, finished.info.run_id)
@@ -181,7 +181,7 @@ def earlier_plan(experiment_id: str, key: str) -> tuple[str, BudgetPlan] | None:
     """The newest run of chain `key` that recorded its budget plan, and the plan: a rerun follows
     it, so that its steps keep their keys (and are reused or continued) rather than following a
     new probe's slightly different sizes."""
-    for run in tagged_runs(experiment_id, MAIN_KEY, key):
+    for run in tagged_runs(experiment_id, MAIN_KEY, value=key):
         if PLAN_TAG in run.data.tags:
             return run.info.run_id, BudgetPlan.from_json(run.data.tags[PLAN_TAG])
     return None
@@ -194,7 +194,7 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
     chain, FAILED on an error. Under `mlflow run`, the run it launched then only points to the
     continued parent: FINISHED, with a note naming it."""
     client = MlflowClient()
-    found = tagged_runs(experiment_id, MAIN_KEY, key)
+    found = tagged_runs(experiment_id, MAIN_KEY, value=key)
     unfinished = next((r.info.run_id for r in found if r.info.status != "FINISHED"), None)
     launched = launched_run_id()
     if unfinished and launched and launched != unfinished:
