@@ -27,6 +27,7 @@ from qa_distill.config import (
     TrackingConfig,
     WorkflowConfig,
     help_of,
+    launched_run_id,
     type_name,
 )
 from qa_distill.errors import Interrupted, QaDistillError
@@ -195,10 +196,16 @@ def main(*, argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     func: Callable[[argparse.Namespace], Any] = args.func
+    launched = launched_run_id()  # before a move to another experiment hands over another
     try:
         result = func(args)
     except BaseException as exc:  # noqa: B036 - every error a user can cause becomes one line
-        return _report_error(args, exc)
+        code = _report_error(args, exc)
+        if launched and "mlflow" in sys.modules:  # else this process never touched the run
+            from qa_distill.tracking.launched_run import keep_status
+
+            keep_status(launched)
+        return code
     if result is not None:
         print(json.dumps(result, default=str))
     return 0

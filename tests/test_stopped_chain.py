@@ -3,23 +3,35 @@ FAILED, the stop is one line with the signal's exit code, and the rerun continue
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException
+from mlflow.projects import _maybe_set_run_terminated, _wait_for
+from mlflow.projects.submitted_run import LocalSubmittedRun
 
 from qa_distill.cli import _report_error
 from qa_distill.config import WorkflowConfig
 from qa_distill.errors import Interrupted
 from qa_distill.runtime.budget import BudgetPlan
+from qa_distill.tracking import launched_run
+from qa_distill.tracking.launched_run import keep_status, restore_status
 from qa_distill.tracking.runs import STOPPED_BY
 from qa_distill.workflow import plan as chain_plan
 from qa_distill.workflow import steps
 from qa_distill.workflow.steps import PLAN_TAG, KeyInputs, Step, earlier_plan, main_key, parent_run, run_step
+
+from .conftest import child_env
 
 INPUTS = KeyInputs("recipe-sha", "data-fingerprint", "commit")
 TINY = Path(__file__).resolve().parent / "recipes" / "tiny.yaml"
@@ -31,33 +43,98 @@ def experiment_id(tracking_uri) -> str:
     return mlflow.set_experiment("qa-distill").experiment_id
 
 
-def _stopped_step(by: str | None):
-    """`mlflow.projects.run` as it ends when the step's process exits non-zero: the step's own run
-    already ended (KILLED with the signal's name by a stopped training, else left to MLflow)."""
-    def run(uri, entry_point, *, run_id, **kwargs):
-        if by is not None:
-            MlflowClient().set_tag(run_id, STOPPED_BY, by)
-            MlflowClient().set_terminated(run_id, "KILLED")
-        else:
-            MlflowClient().set_terminated(run_id, "FAILED")
-        raise ExecutionException(f"Run (ID '{run_id}') failed")
+# A step's process, given its run id: ends the run as the named outcome, or as a training stopped by
+# SIGTERM once it gets one (after saying it is ready), and exits as the CLI does (which keeps a
+# KILLED against MLflow's overwrite).
+STEP_SCRIPT = """
+import signal, sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from qa_distill.tracking.launched_run import keep_status
+
+outcome, run_id, ready = sys.argv[1:]
+client = MlflowClient()
+
+def stop(signum, frame):
+    client.set_tag(run_id, "qa_distill.stopped_by", signal.Signals(signum).name)
+    client.set_terminated(run_id, "KILLED")
+    keep_status(run_id)
+    sys.exit(128 + signum)
+
+if outcome == "waits for SIGTERM":
+    signal.signal(signal.SIGTERM, stop)
+    Path(ready).touch()
+    time.sleep(60)
+    sys.exit(3)  # never stopped
+if outcome in ("SIGINT", "SIGTERM"):
+    stop(signal.Signals[outcome], None)
+sys.exit(1)  # a crash or a SIGKILL: the run left RUNNING
+"""
+
+
+@pytest.fixture
+def step_process(tracking_uri, monkeypatch, tmp_path):
+    """`mlflow.projects.run(..., synchronous=True)` whose step is STEP_SCRIPT with `outcome`, waited
+    for by MLflow's own code; returns the file the step touches once it waits for SIGTERM."""
+    ready = tmp_path / "ready"
+
+    def use(outcome: str) -> Path:
+        def run(uri, entry_point, *, run_id, synchronous, **kwargs):
+            proc = subprocess.Popen([sys.executable, "-c", STEP_SCRIPT, outcome, run_id, str(ready)],
+                                    env=child_env(MLFLOW_TRACKING_URI=tracking_uri))
+            _wait_for(LocalSubmittedRun(run_id, proc))
+        monkeypatch.setattr(steps.mlflow.projects, "run", run)
+        return ready
+    return use
+
+
+def _ended(run_id: str, status: str) -> Run:
+    """The run once it has `status` (a watcher may still be putting it back), or as it is after 15 s."""
+    deadline = time.monotonic() + 15
+    while (run := MlflowClient().get_run(run_id)).info.status != status and time.monotonic() < deadline:
+        time.sleep(0.1)
     return run
 
 
 @pytest.mark.parametrize("by, signum", [("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM)])
-def test_a_step_a_signal_stopped_stops_the_chain_as_that_signal(experiment_id, monkeypatch, by, signum):
-    monkeypatch.setattr(steps.mlflow.projects, "run", _stopped_step(by))
+def test_a_step_a_signal_stopped_stops_the_chain_as_that_signal(experiment_id, step_process, by, signum):
+    step_process(by)
     parent = MlflowClient().create_run(experiment_id)
     with pytest.raises(Interrupted) as stopped:
         run_step(Step("teacher", {"recipe": "cpu"}), INPUTS, parent, "cpu-teacher")
     assert stopped.value.signum == signum
+    (step,) = [r for r in MlflowClient().search_runs([experiment_id]) if r.info.run_id != parent.info.run_id]
+    step = _ended(step.info.run_id, "KILLED")
+    assert step.info.status == "KILLED" and step.data.tags[STOPPED_BY] == by
 
 
-def test_a_step_that_failed_still_fails_the_chain(experiment_id, monkeypatch):
-    monkeypatch.setattr(steps.mlflow.projects, "run", _stopped_step(None))
+def test_a_step_that_crashed_ends_failed_and_fails_the_chain(experiment_id, step_process):
+    step_process("crash")
     parent = MlflowClient().create_run(experiment_id)
     with pytest.raises(ExecutionException):
         run_step(Step("teacher", {"recipe": "cpu"}), INPUTS, parent, "cpu-teacher")
+    (step,) = [r for r in MlflowClient().search_runs([experiment_id]) if r.info.run_id != parent.info.run_id]
+    assert step.info.status == "FAILED"
+
+
+def test_sigterm_to_main_alone_is_passed_to_its_step_and_both_end_killed(experiment_id, step_process):
+    ready = step_process("waits for SIGTERM")
+
+    def terminate_main_once_the_step_waits():
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_main_once_the_step_waits, daemon=True).start()
+    with pytest.raises(Interrupted) as stopped, parent_run(experiment_id, "chain", run_name="cpu-main") as parent:
+        run_step(Step("teacher", {"recipe": "cpu"}), INPUTS, parent, "cpu-teacher")
+    assert stopped.value.signum == signal.SIGTERM
+    runs = {r.info.run_id: r for r in MlflowClient().search_runs([experiment_id])}
+    (step,) = [r for run_id, r in runs.items() if run_id != parent.info.run_id]
+    assert runs[parent.info.run_id].info.status == "KILLED"
+    step = _ended(step.info.run_id, "KILLED")
+    assert step.info.status == "KILLED" and step.data.tags[STOPPED_BY] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def test_a_stopped_chain_ends_killed_and_its_rerun_continues_the_same_parent(experiment_id, capsys):
@@ -117,3 +194,31 @@ def test_a_rerun_under_a_budget_keeps_the_plan_of_its_chain_instead_of_measuring
     assert sized_wf.speed_questions == 4 and plan.configs["teacher"].data.train_questions == 5
     assert plan.configs["distill"].training.batch_size == 2
     assert any(f"the plan of this chain's run {stopped.info.run_id}" in note for note in plan.notes)
+
+
+def test_a_killed_launched_run_outlives_the_failed_that_mlflow_run_writes_over_it(experiment_id):
+    """`mlflow run` ends its run FAILED after a non-zero exit even where the command ended it KILLED
+    (MLflow 3.17's `_maybe_set_run_terminated`, called here as `mlflow run` calls it); the status
+    and end time the command gave come back."""
+    client = MlflowClient()
+    launched = client.create_run(experiment_id)
+    client.set_terminated(launched.info.run_id, "KILLED")
+    ended = client.get_run(launched.info.run_id).info.end_time
+    keep_status(launched.info.run_id)
+    time.sleep(0.01)
+    _maybe_set_run_terminated(launched, "FAILED")
+    deadline = time.monotonic() + 20
+    while client.get_run(launched.info.run_id).info.status != "KILLED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run = client.get_run(launched.info.run_id)
+    assert (run.info.status, run.info.end_time) == ("KILLED", ended)
+
+
+def test_a_run_continued_before_the_overwrite_is_left_alone(experiment_id, monkeypatch):
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id).info.run_id  # RUNNING again: a rerun continues it
+    assert not restore_status(run_id, status="KILLED", end_time=1, client=client)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    client.set_terminated(run_id, "KILLED")
+    monkeypatch.setattr(launched_run, "OVERWRITE_WAIT_SECONDS", 0.2)
+    assert not restore_status(run_id, status="KILLED", end_time=1, client=client)  # nothing overwrote it

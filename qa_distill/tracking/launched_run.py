@@ -9,14 +9,26 @@ the launched run's tags, params and start time, and this process logs into the n
 launched run stays in `Default`, FINISHED and empty but for a note naming the new run: it cannot
 be deleted, because `mlflow run` (3.17) sets the status of its run once the command exits and
 fails on a deleted one. A run launched into an experiment the user named stays where it is.
+
+`mlflow run` (3.17) also overwrites how the command ended its run: once the command exits
+non-zero it sets the run FAILED, even one the command ended KILLED after a Ctrl-C
+(`_maybe_set_run_terminated` compares the run's status name with status numbers, so it never
+sees the run ended). `keep_status` outlives the command to put the status back.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import subprocess
+import sys
+import time
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from qa_distill.config import hand_over_launched_run, launched_run_id
@@ -26,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "Default"
 DEFAULT_EXPERIMENT_ID = "0"
 MOVED_TO = "qa_distill.moved_to"  # tag left on the launched run: the run that took its place
+OVERWRITE_WAIT_SECONDS = 10.0  # `mlflow run` overwrites within a second of the command's exit
 
 
 def experiment_id() -> str:
@@ -52,3 +65,44 @@ def move_to(experiment_id: str) -> str:
                 old_id, new_id, name)
     return experiment_id
 
+
+
+def keep_status(run_id: str) -> None:
+    """Before a failed command exits: if it ended `run_id` other than FAILED (KILLED by a stop, or
+    FINISHED as a pointer to a moved run), start a detached watcher that restores that status and
+    end time after `mlflow run` overwrites them with FAILED."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:  # the store is what failed: nothing this process could keep
+        return
+    if run.info.status in ("RUNNING", "FAILED"):
+        return
+    subprocess.Popen(
+        [sys.executable, "-m", __name__, mlflow.get_tracking_uri(), run_id, run.info.status, str(run.info.end_time)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "MLFLOW_RUN_ID": ""},  # out of a second Ctrl-C's reach
+    )
+
+
+def restore_status(run_id: str, *, status: str, end_time: int, client: MlflowClient) -> bool:
+    """Wait for `run_id` to leave `status`; if `mlflow run` made it FAILED, put `status` and `end_time`
+    back. Any other change (a rerun continuing the run) is left alone. True if it restored."""
+    deadline = time.monotonic() + OVERWRITE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        now = client.get_run(run_id).info.status
+        if now == "FAILED":
+            client.set_terminated(run_id, status, end_time=end_time)
+            return True
+        if now != status:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="put back the status `mlflow run` overwrites")
+    for name in ("tracking_uri", "run_id", "status", "end_time"):
+        parser.add_argument(name)
+    args = parser.parse_args()
+    restore_status(args.run_id, status=args.status, end_time=int(args.end_time),
+                   client=MlflowClient(args.tracking_uri))

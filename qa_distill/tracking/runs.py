@@ -94,6 +94,8 @@ def mlflow_run(
     # a run that can still be found by its output directory and role
     tags = {"recipe": config.recipe, "role": config.role, OUTPUT_DIR_TAG: config.output_dir, **(tags or {})}
     with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=tags) as run:
+        if STOPPED_BY in run.data.tags:  # continued: its last stop is over, a crash now must not read as one
+            mlflow.delete_tag(STOPPED_BY)
         log_new_params({k: _param(v) for k, v in config.flat().items()})
         yield run
 

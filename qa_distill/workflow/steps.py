@@ -17,6 +17,8 @@ multistep-workflow pattern):
 - else a new child run of the parent is created and run.
 Killed halfway and started again, `main` so reuses what finished and continues from the first
 unfinished step. The key knows the commit, not uncommitted changes: commit before relying on reuse.
+Ctrl-C or SIGTERM stops the chain: the step saves a checkpoint and ends its run KILLED, then the
+parent ends KILLED, and the rerun continues that parent.
 
 Each step runs as `mlflow.projects.run(<project root>, <entry point>, run_id=<child run>,
 env_manager="local")`, in a process of its own rather than in this one: a step is then exactly the
@@ -41,6 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run
 from mlflow.exceptions import ExecutionException
@@ -73,6 +76,7 @@ STEP = "qa_distill.step"  # tag: the step's entry point
 MAIN_KEY = "qa_distill.main_key"  # tag of the parent run: the chain it runs (recipe, inputs, settings)
 BUDGET_TAG = "budget_minutes"  # tag of the parent and of each step run it ran: main's budget (0: none)
 PLAN_TAG = "qa_distill.budget_plan"  # tag of the parent: the budget plan it followed (JSON), which a rerun keeps
+STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the chain, its parent ending KILLED
 
 
 @dataclass(frozen=True)
@@ -130,15 +134,22 @@ def run_step(step: Step, inputs: KeyInputs, parent: Run, run_name: str) -> StepR
         log.warning("%s: continuing unfinished run %s (%s)", step.entry_point, run_id, found[0].info.status)
     else:
         run_id, action = _child_run(step, key, inputs, parent, run_name), "ran"
+    before = {child.pid for child in psutil.Process().children()}
     try:
         mlflow.projects.run(
             str(PROJECT_ROOT), step.entry_point, parameters=step.parameters, env_manager="local",
             experiment_id=parent.info.experiment_id, run_id=run_id, synchronous=True,
         )
+    except Interrupted as stop:  # Ctrl-C reached the step too; a SIGTERM to main alone is passed on
+        started = [child for child in psutil.Process().children() if child.pid not in before]
+        for child in started if stop.signum == signal.SIGTERM else ():
+            child.terminate()
+        psutil.wait_procs(started)  # the step saves its checkpoint and ends its run KILLED
+        raise
     except ExecutionException:
-        stopped = client.get_run(run_id)
-        if stopped.info.status == "KILLED":  # a signal stopped the step: the chain stops as it did
-            raise Interrupted(signal.Signals[stopped.data.tags.get(tracking.STOPPED_BY, "SIGINT")]) from None
+        stopped_by = client.get_run(run_id).data.tags.get(tracking.STOPPED_BY)
+        if stopped_by:  # a signal stopped the step alone: the chain stops as it did
+            raise Interrupted(signal.Signals[stopped_by]) from None
         raise
     return StepResult(run_id, action)
 
@@ -204,27 +215,23 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
         log.warning("main: continuing the stopped chain's run %s", unfinished)
     with mlflow.start_run(run_id=unfinished, run_name=None if unfinished else run_name) as active:
         mlflow.set_tag(MAIN_KEY, key)
-        previous = signal.signal(signal.SIGTERM, _stop)
+        previous = {signum: signal.signal(signum, _stop) for signum in STOPS}
         try:
             yield client.get_run(active.info.run_id)
-        except (Interrupted, KeyboardInterrupt):
-            _ignore_stops()
+        except (Interrupted, KeyboardInterrupt):  # KeyboardInterrupt: a Ctrl-C before `_stop` was in place
             mlflow.end_run("KILLED")
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _ignore_stops() -> None:
-    """Stopping already: a further SIGINT or SIGTERM (`mlflow run` sends SIGTERM after Ctrl-C) must not
-    kill this process before its parent run is ended KILLED."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _stop(signum: int, frame: Any) -> None:
-    """SIGTERM stops the chain as Ctrl-C does (by default it would end the process, its run left RUNNING)."""
-    _ignore_stops()
+    """SIGINT or SIGTERM stops the chain: the step ends its run KILLED, then the parent. Further
+    stops are ignored meanwhile (`mlflow run` sends SIGTERM after Ctrl-C); the step still takes
+    a second Ctrl-C, which ends it at once."""
+    for stop in STOPS:
+        signal.signal(stop, signal.SIG_IGN)
     raise Interrupted(signal.Signals(signum))
 
 
