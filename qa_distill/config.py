@@ -126,6 +126,15 @@ class DistillConfig:
     layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first "
                                                 "(null: 0, s, 2s, ... for model.layer_stride s)")
 
+    @property
+    def layer_terms(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+    @property
+    def teacher_on_the_fly(self) -> bool:
+        """The teacher runs beside the student: asked for, or for layer terms, which the cache lacks."""
+        return self.layer_terms or not self.teacher_cache
+
 
 @dataclass
 class TrackingConfig:

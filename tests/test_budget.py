@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qa_distill.cli import build_parser
-from qa_distill.config import WorkflowConfig
+from qa_distill.config import DistillConfig, WorkflowConfig
 from qa_distill.errors import ConfigError
 from qa_distill.runtime import progress
 from qa_distill.runtime.budget import (
@@ -23,6 +23,7 @@ from qa_distill.runtime.budget import (
     SpeedShape,
     describe,
     plan_budget,
+    step_costs,
 )
 from qa_distill.workflow.plan import budget_seconds, machine_recipe
 
@@ -36,7 +37,7 @@ def shape(*, slower: float = 1.0) -> ChainShape:
     student = ModelRates(STUDENT.train / slower, STUDENT.infer / slower, STUDENT.latency * slower)
     return ChainShape(
         roles={"teacher": RoleShape(teacher, 1.0, 1), "student": RoleShape(student, 1.0, 1),
-               "distill": RoleShape(student, 1.0, 1, teacher=teacher)},
+               "distill": RoleShape(student, 1.0, 1, teacher=teacher, teacher_passes=1.0)},  # the logits cache
         train_questions=16000, dev_questions=10570, train_windows_per_question=1.1,
         dev_windows_per_question=1.05, tokenize_seconds_per_question=0.002,
         speed=SpeedShape(1000, False, 10, 10, 120.0), sized_speed=SpeedShape(1000, True, 4, 10, 30.0),
@@ -86,6 +87,20 @@ def test_a_sized_chain_shrinks_its_batch_with_its_questions_to_keep_the_recipes_
     assert tiny.train_questions < 16000 * MIN_BATCH_SIZE / 32 and tiny.batch_size == MIN_BATCH_SIZE
     small_batch = replace(shape(), batch_size=4)
     assert plan_budget(small_batch, full / 2).batch_size == 4  # never above the recipe's
+
+
+def test_a_teacher_on_the_fly_costs_a_pass_per_epoch_inside_training_the_cache_one_before_it():
+    windows = 16000 * 1.1
+    def distill(**teacher) -> dict[str, float]:
+        roles = {**shape().roles, "distill": RoleShape(STUDENT, 3.0, 1, teacher=TEACHER, **teacher)}
+        return step_costs(replace(shape(), roles=roles), train_questions=16000, dev_questions=10570,
+                          sized=False)["distill"]
+    cached, on_the_fly = distill(teacher_passes=1.0), distill(teacher_passes=3.0, teacher_on_the_fly=True)
+    assert cached["train"] == pytest.approx(windows * 3 / STUDENT.train)
+    assert cached["other"] - on_the_fly["other"] == pytest.approx(windows / TEACHER.infer)
+    assert on_the_fly["train"] == pytest.approx(windows * 3 / STUDENT.train + windows * 3 / TEACHER.infer)
+    assert DistillConfig(hidden_weight=1.0).teacher_on_the_fly and DistillConfig(teacher_cache=False).teacher_on_the_fly
+    assert not DistillConfig().teacher_on_the_fly
 
 
 def test_a_slower_machine_gets_fewer_questions():

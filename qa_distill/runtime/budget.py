@@ -41,7 +41,9 @@ class RoleShape:
     rates: ModelRates
     epochs: float
     evaluations: int
-    teacher: ModelRates | None = None  # distill with the logits cache: the teacher's pass over its windows
+    teacher: ModelRates | None = None  # distill: the teacher's rates
+    teacher_passes: float = 0.0  # its passes over the training windows: 1 for the logits cache, else 1 per epoch
+    teacher_on_the_fly: bool = False  # those passes are part of training (else the cache's, before it)
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,11 @@ def step_costs(shape: ChainShape, *, train_questions: int, dev_questions: int,
         other = shape.step_overhead
         if n == 0:
             other += (train_questions + dev_questions) * shape.tokenize_seconds_per_question
+        train = train_windows * r.epochs / r.rates.train
         if r.teacher is not None:
-            other += train_windows / r.teacher.infer
-        costs[role] = {"train": train_windows * r.epochs / r.rates.train,
-                       "evaluate": dev_windows * r.evaluations / r.rates.infer, "other": other}
+            teacher = train_windows * r.teacher_passes / r.teacher.infer
+            train, other = (train + teacher, other) if r.teacher_on_the_fly else (train, other + teacher)
+        costs[role] = {"train": train, "evaluate": dev_windows * r.evaluations / r.rates.infer, "other": other}
     speed = shape.sized_speed if sized else shape.speed
     questions = speed_questions(shape, dev_questions=dev_questions, sized=sized)
     timed = sum(r.rates.latency for r in shape.roles.values()) * speed.passes * (questions + speed.warmup)

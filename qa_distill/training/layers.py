@@ -126,7 +126,7 @@ class LayerTerms:
     def of(cls, settings: DistillConfig, student: PreTrainedModel, teacher: PreTrainedModel, *, stride: int
            ) -> LayerTerms | None:
         """The terms a run's settings ask for, checked against its models; None when both weights are 0."""
-        if not (settings.hidden_weight > 0 or settings.attention_weight > 0):
+        if not settings.layer_terms:
             return None
         attention = settings.attention_weight > 0
         found = layer_map(settings.layer_map, student, teacher, stride=stride, attention=attention)

@@ -247,7 +247,7 @@ def make_distill_trainer(
     terms = LayerTerms.of(k, p.student.model, teacher.model, stride=p.config.model.layer_stride)
     if terms is not None and k.teacher_cache:
         log.info("layer terms: the teacher runs on the fly beside the student; the logits cache is not used")
-    if k.teacher_cache and terms is None:
+    if not k.teacher_on_the_fly:
         began = time.perf_counter()
         logits, computed = teacher_logits(p, teacher, device=kwargs["args"].device)  # the training device
         info = {"teacher_cache_key": logits.key, "teacher_cache_computed": computed,

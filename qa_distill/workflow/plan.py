@@ -207,9 +207,13 @@ def chain_shape(wf: WorkflowConfig, plan: Plan, measured: probe.Measured) -> bud
     and each step's start as long as this process took to reach its first step."""
     roles = {}
     for role, config in plan.configs.items():
-        teacher = (measured.rates["teacher"] if role == "distill" and config.distillation.teacher_cache else None)
         evaluations = max(1, math.ceil(config.training.epochs)) if config.training.eval_each_epoch else 1
-        roles[role] = budget.RoleShape(measured.rates[role], config.training.epochs, evaluations, teacher)
+        shape = budget.RoleShape(measured.rates[role], config.training.epochs, evaluations)
+        if role == "distill":
+            on_the_fly = config.distillation.teacher_on_the_fly
+            shape = replace(shape, teacher=measured.rates["teacher"], teacher_on_the_fly=on_the_fly,
+                            teacher_passes=config.training.epochs if on_the_fly else 1.0)
+        roles[role] = shape
     started = seconds_running()
     return budget.ChainShape(
         roles, measured.train_questions, measured.dev_questions, measured.train_windows_per_question,
