@@ -66,7 +66,6 @@ def move_to(experiment_id: str) -> str:
     return experiment_id
 
 
-
 def keep_status(run_id: str) -> None:
     """Before a failed command exits: if it ended `run_id` other than FAILED (KILLED by a stop, or
     FINISHED as a pointer to a moved run), start a detached watcher that restores that status and
@@ -80,7 +79,8 @@ def keep_status(run_id: str) -> None:
     subprocess.Popen(
         [sys.executable, "-m", __name__, mlflow.get_tracking_uri(), run_id, run.info.status, str(run.info.end_time)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env={**os.environ, "MLFLOW_RUN_ID": ""},  # out of a second Ctrl-C's reach
+        start_new_session=True,  # out of the reach of a second Ctrl-C to the terminal's job
+        env={**os.environ, "MLFLOW_RUN_ID": ""},  # in no run of its own
     )
 
 
