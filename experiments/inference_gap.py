@@ -7,7 +7,8 @@ the same weights. The pipeline differs from us in four ways, added here one row 
 by per-window probabilities (a softmax of start and of end logits over the window's context) rather
 than by the sum of raw logits, which the windows of one question do not share a scale for; spans
 widened to whole words (its `align_to_words`, where a span starting or ending inside a word would
-cut it); and answers of at most 15 tokens (its `max_answer_len`; ours is 30).
+cut it); and answers of at most 15 tokens (its `max_answer_len`; ours is 30). The second row
+takes the last of these alone, at our windows.
 
     python experiments/inference_gap.py --models teacher=<source> student=<source> --output <stem>
 """
@@ -32,6 +33,7 @@ from qa_distill.runtime.hardware import cpu_name
 # row: (window length or None for the model's own, per-window probabilities, whole words, longest answer or None)
 ROWS = (
     ("ours (the model's windows)", None, False, False, None),
+    ("ours, answers of at most 15 tokens", None, False, False, 15),
     ("384-token windows", 384, False, False, None),
     ("+ per-window probabilities", 384, True, False, None),
     ("+ whole words", 384, True, True, None),

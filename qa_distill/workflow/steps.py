@@ -218,7 +218,7 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
         previous = {signum: signal.signal(signum, _stop) for signum in STOPS}
         try:
             yield client.get_run(active.info.run_id)
-        except (Interrupted, KeyboardInterrupt):  # KeyboardInterrupt: a Ctrl-C before `_stop` was in place
+        except (Interrupted, KeyboardInterrupt):
             mlflow.end_run("KILLED")
             raise
         finally:
