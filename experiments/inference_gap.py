@@ -8,8 +8,8 @@ by per-window probabilities (a softmax of start and of end logits over the windo
 than by the sum of raw logits, which the windows of one question do not share a scale for; spans
 widened to whole words (its `align_to_words`, where a span starting or ending inside a word would
 cut it); and answers of at most 15 tokens (its `max_answer_len`; ours is the model's saved
-`answers.max_answer_length`, 30 until this table made 15 the default). The second row takes the
-last of these alone, at our windows.
+`answers.max_answer_length`: 30 by default, 15 in the cpu recipe since this table). The second
+row takes the last of these alone, at our windows.
 
     python experiments/inference_gap.py --models teacher=<source> student=<source> --output <stem>
 """

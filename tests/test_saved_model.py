@@ -40,19 +40,19 @@ def test_the_mlflow_model_answers_with_the_saved_settings(tiny_bert, dev_sample,
     one_token = [one_token_texts(tokenizer, r["context"]) for r in dev]
     short = served.predict(None, rows)
     assert all(answer in texts for answer, texts in zip(short, one_token, strict=True))
-    # the same model with a limit of 30 gives longer answers: the saved limit made them short
+    # the same model with the default limit gives longer answers: the saved limit made them short
     predictor.max_answer_length = 30
     longer = served.predict(None, rows)
     assert any(answer not in texts for answer, texts in zip(longer, one_token, strict=True))
 
 
 def test_settings_round_trip_and_missing_ones_are_the_recipe_defaults(tmp_path):
-    assert read_settings(tmp_path) == SavedSettings(384, 128, 20, 15)  # a model saved elsewhere
+    assert read_settings(tmp_path) == SavedSettings(384, 128, 20, 30)  # a model saved elsewhere
     save_settings(tmp_path, SavedSettings(96, 32, 10, 5))
     assert read_settings(tmp_path) == SavedSettings(96, 32, 10, 5)
     # a model saved before the answer settings were: its windows, the default answer settings
     (tmp_path / SETTINGS_FILE).write_text(json.dumps({"max_length": 256, "doc_stride": 64}))
-    assert read_settings(tmp_path) == SavedSettings(256, 64, 20, 15)
+    assert read_settings(tmp_path) == SavedSettings(256, 64, 20, 30)
 
 
 def test_the_model_card_says_what_the_model_is_and_its_snippet_answers_as_the_predictor(tiny_bert, tmp_path):
