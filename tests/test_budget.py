@@ -37,7 +37,7 @@ def shape(*, slower: float = 1.0) -> ChainShape:
     student = ModelRates(STUDENT.train / slower, STUDENT.infer / slower, STUDENT.latency * slower)
     return ChainShape(
         roles={"teacher": RoleShape(teacher, 1.0, 1), "student": RoleShape(student, 1.0, 1),
-               "distill": RoleShape(student, 1.0, 1, teacher=teacher, teacher_passes=1.0)},  # the logits cache
+               "distill": RoleShape(student, 1.0, 1, teacher=teacher)},  # the logits cache
         train_questions=16000, dev_questions=10570, train_windows_per_question=1.1,
         dev_windows_per_question=1.05, tokenize_seconds_per_question=0.002,
         speed=SpeedShape(1000, False, 10, 10, 120.0), sized_speed=SpeedShape(1000, True, 4, 10, 30.0),
@@ -95,7 +95,7 @@ def test_a_teacher_on_the_fly_costs_a_pass_per_epoch_inside_training_the_cache_o
         roles = {**shape().roles, "distill": RoleShape(STUDENT, 3.0, 1, teacher=TEACHER, **teacher)}
         return step_costs(replace(shape(), roles=roles), train_questions=16000, dev_questions=10570,
                           sized=False)["distill"]
-    cached, on_the_fly = distill(teacher_passes=1.0), distill(teacher_passes=3.0, teacher_on_the_fly=True)
+    cached, on_the_fly = distill(), distill(teacher_on_the_fly=True)
     assert cached["train"] == pytest.approx(windows * 3 / STUDENT.train)
     assert cached["other"] - on_the_fly["other"] == pytest.approx(windows / TEACHER.infer)
     assert on_the_fly["train"] == pytest.approx(windows * 3 / STUDENT.train + windows * 3 / TEACHER.infer)

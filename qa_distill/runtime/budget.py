@@ -42,8 +42,7 @@ class RoleShape:
     epochs: float
     evaluations: int
     teacher: ModelRates | None = None  # distill: the teacher's rates
-    teacher_passes: float = 0.0  # its passes over the training windows: 1 for the logits cache, else 1 per epoch
-    teacher_on_the_fly: bool = False  # those passes are part of training (else the cache's, before it)
+    teacher_on_the_fly: bool = False  # a teacher pass per epoch inside training, else one (the cache's) before it
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,10 @@ def step_costs(shape: ChainShape, *, train_questions: int, dev_questions: int,
             other += (train_questions + dev_questions) * shape.tokenize_seconds_per_question
         train = train_windows * r.epochs / r.rates.train
         if r.teacher is not None:
-            teacher = train_windows * r.teacher_passes / r.teacher.infer
-            train, other = (train + teacher, other) if r.teacher_on_the_fly else (train, other + teacher)
+            if r.teacher_on_the_fly:
+                train += train_windows * r.epochs / r.teacher.infer
+            else:
+                other += train_windows / r.teacher.infer
         costs[role] = {"train": train, "evaluate": dev_windows * r.evaluations / r.rates.infer, "other": other}
     speed = shape.sized_speed if sized else shape.speed
     questions = speed_questions(shape, dev_questions=dev_questions, sized=sized)

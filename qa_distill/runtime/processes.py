@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,3 +127,21 @@ def close_dead_runs(filter_string: str, *, keep: str | None = None) -> tuple[lis
     if closed:
         log.warning("marked KILLED %d RUNNING runs whose process is gone: %s", len(closed), closed)
     return closed, alive
+
+
+STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops a run: Ctrl-C, and a kill or `mlflow run` passing one on
+
+
+@contextmanager
+def stops_to(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block, and back to what they were after it
+    (only the main thread may handle signals; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOPS}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from qa_distill.config import RunConfig, launched_by_mlflow_run
 from qa_distill.errors import ConfigError, Interrupted
 from qa_distill.runtime.distributed import is_main_process
-from qa_distill.runtime.processes import PROCESS_TAG, close_dead_runs, process_tag
+from qa_distill.runtime.processes import PROCESS_TAG, close_dead_runs, process_tag, stops_to
 from qa_distill.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -200,19 +199,6 @@ class Life:
         return [self.checkpointing]
 
 
-@contextlib.contextmanager
-def _signals_to(handler) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may handle signals
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _resumable(run_id: str, experiment: str) -> bool:
     """Whether the checkpoint's run can be reopened: same store and experiment, not under `mlflow run`."""
     if launched_by_mlflow_run():
@@ -237,7 +223,7 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
         resume = resume_point(config, identity)
         stopper = Checkpointing("", identity, resume.train_seconds if resume else 0.0,
                                 save_minutes=config.training.save_minutes)
-        with _signals_to(stopper.handle):
+        with stops_to(stopper.handle):
             yield Life(None, resume, stopper)
         return
     tracking.setup(config.tracking)
@@ -255,7 +241,7 @@ def training_run(config: RunConfig, identity: dict[str, str]) -> Iterator[Life]:
         if resume:
             log.warning("resuming run %s from %s", run.info.run_id, resume.path)
         try:
-            with _signals_to(stopper.handle):
+            with stops_to(stopper.handle):
                 yield Life(run.info.run_id, resume, stopper)
         except (Interrupted, KeyboardInterrupt) as stop:
             mlflow.set_tag(tracking.STOPPED_BY, signal.Signals(getattr(stop, "signum", signal.SIGINT)).name)

@@ -210,9 +210,8 @@ def chain_shape(wf: WorkflowConfig, plan: Plan, measured: probe.Measured) -> bud
         evaluations = max(1, math.ceil(config.training.epochs)) if config.training.eval_each_epoch else 1
         shape = budget.RoleShape(measured.rates[role], config.training.epochs, evaluations)
         if role == "distill":
-            on_the_fly = config.distillation.teacher_on_the_fly
-            shape = replace(shape, teacher=measured.rates["teacher"], teacher_on_the_fly=on_the_fly,
-                            teacher_passes=config.training.epochs if on_the_fly else 1.0)
+            shape = replace(shape, teacher=measured.rates["teacher"],
+                            teacher_on_the_fly=config.distillation.teacher_on_the_fly)
         roles[role] = shape
     started = seconds_running()
     return budget.ChainShape(

@@ -65,6 +65,7 @@ from qa_distill.recipes import recipe_path
 from qa_distill.reporting.report import ROLE_NAMES
 from qa_distill.runtime.budget import BudgetPlan
 from qa_distill.runtime.hardware import cpu_name
+from qa_distill.runtime.processes import STOPS, stops_to
 from qa_distill.runtime.progress import PLANNED_TRAIN_SECONDS
 from qa_distill.tracking import runs as tracking
 from qa_distill.workflow.plan import budget_seconds, dry_run, fit_budget
@@ -76,7 +77,6 @@ STEP = "qa_distill.step"  # tag: the step's entry point
 MAIN_KEY = "qa_distill.main_key"  # tag of the parent run: the chain it runs (recipe, inputs, settings)
 BUDGET_TAG = "budget_minutes"  # tag of the parent and of each step run it ran: main's budget (0: none)
 PLAN_TAG = "qa_distill.budget_plan"  # tag of the parent: the budget plan it followed (JSON), which a rerun keeps
-STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the chain, its parent ending KILLED
 
 
 @dataclass(frozen=True)
@@ -215,15 +215,12 @@ def parent_run(experiment_id: str, key: str, *, run_name: str) -> Iterator[Run]:
         log.warning("main: continuing the stopped chain's run %s", unfinished)
     with mlflow.start_run(run_id=unfinished, run_name=None if unfinished else run_name) as active:
         mlflow.set_tag(MAIN_KEY, key)
-        previous = {signum: signal.signal(signum, _stop) for signum in STOPS}
-        try:
-            yield client.get_run(active.info.run_id)
-        except (Interrupted, KeyboardInterrupt):
-            mlflow.end_run("KILLED")
-            raise
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        with stops_to(_stop):  # put back only once the parent has ended, its stop ignoring further ones
+            try:
+                yield client.get_run(active.info.run_id)
+            except (Interrupted, KeyboardInterrupt):
+                mlflow.end_run("KILLED")
+                raise
 
 
 def _stop(signum: int, frame: Any) -> None:
