@@ -9,7 +9,9 @@ the recipe's registered one (train it first: `qa-distill teacher --recipe cpu`) 
 
     python experiments/ablation.py --recipe cpu   # experiments/results/cpu-ablation.csv|md
 
-Test-sized runs (any `--set`) need `--results`: experiments/results/ holds full budgets only.
+`--rows` runs some rows only, in the order given (a machine too slow for all four runs the one
+that matters first). Test-sized runs (any `--set`) and partial tables need `--results`:
+experiments/results/<recipe>-ablation holds all four rows at the recipe's full budget only.
 """
 
 from __future__ import annotations
@@ -63,17 +65,26 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--output-dir", default="", help="rows' model directories (default outputs/<recipe>/ablation)")
     parser.add_argument("--results", default="", help="table path stem (default experiments/results/<recipe>-ablation)")
+    parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
+                        help="comma-separated rows to run, in this order (default: all four)")
     args = parser.parse_args(argv)
     args.recipe_name = recipe_path(args.recipe).stem
-    if not args.results and (args.overrides or args.recipe_name != args.recipe):
-        raise ConfigError("experiments/results/ holds the ablation of a committed recipe at its own budget: "
+    chosen = [name.strip() for name in args.rows.split(",")]
+    known = {name: (hidden, attention) for name, hidden, attention in ROWS}
+    if unknown := [name for name in chosen if name not in known]:
+        raise ConfigError(f"--rows: no row {unknown[0]!r}; rows are {', '.join(map(repr, known))}")
+    if len(set(chosen)) < len(chosen):
+        raise ConfigError(f"--rows names a row twice: {args.rows!r}")
+    partial = sorted(chosen) != sorted(known)
+    if not args.results and (args.overrides or args.recipe_name != args.recipe or partial):
+        raise ConfigError("experiments/results/ holds all four rows of a committed recipe at its own budget: "
                           "pass --results for this one")
     args.output_dir = args.output_dir or str(PROJECT_ROOT / "outputs" / args.recipe_name / "ablation")
-    for _, hidden, attention in ROWS:  # every row's settings checked before the first one trains
-        load_config(args.recipe, "distill", overrides=row_settings(args, hidden, attention))
+    for name in chosen:  # every row's settings checked before the first one trains
+        load_config(args.recipe, "distill", overrides=row_settings(args, *known[name]))
     rows = []
-    for name, hidden, attention in ROWS:
-        settings = row_settings(args, hidden, attention)
+    for name in chosen:
+        settings = row_settings(args, *known[name])
         config = load_config(args.recipe, "distill", overrides=settings)
         metrics = run_row(args, name, settings)
         k = config.distillation

@@ -41,71 +41,9 @@ def _mlflow_run(uri: str, tmp_path: Path, *args: str) -> dict:
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
-def _main(uri: str, tmp_path: Path, tiny_bert: str, data: Path) -> dict:
-    overrides = f"model.name={tiny_bert} data.data={data} data.cache_dir={tmp_path / 'cache'}"
-    return _mlflow_run(
-        uri, tmp_path, "-P", f"recipe={TINY}", "-P", f"overrides={overrides}",
-        "-P", f"output_dir={tmp_path / 'out'}", "-P", f"results_dir={tmp_path / 'results'}",
-        "-P", "speed_questions=4", "-P", "backends=fp32", "-P", f"dev_json={data / 'dev-sample.json'}",
-    )
-
-
 def _training_runs(client: MlflowClient, experiment_id: str) -> list:
     runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'")
     return [run for run in runs if run.data.tags.get("role") in TRAINING]
-
-
-@pytest.mark.slow
-def test_main_runs_the_chain_as_child_runs_then_reuses_every_step(tracking_uri, tmp_path, tiny_bert, dev_sample):
-    first = _main(tracking_uri, tmp_path, tiny_bert, dev_sample)
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("qa-distill")
-    assert first["experiment"] == "qa-distill"
-    steps = first["steps"]
-    assert list(steps) == ["teacher", "student", "distill", "speedtest", "report"]
-    assert {s["action"] for s in steps.values()} == {"ran"}
-    for step in steps.values():
-        run = client.get_run(step["run_id"])
-        assert run.info.experiment_id == experiment.experiment_id and run.info.status == "FINISHED"
-        assert run.data.tags["mlflow.parentRunId"] == first["run_id"]
-    # the exact versions the chain registered, never `latest`
-    assert client.get_run(steps["distill"]["run_id"]).data.params["teacher"] == "models:/qa-distill-tiny-teacher/1"
-    assert client.get_run(steps["speedtest"]["run_id"]).data.params["models"] == (
-        "teacher=models:/qa-distill-tiny-teacher/1 student=models:/qa-distill-tiny-student/1 "
-        "distilled=models:/qa-distill-tiny-distill/1"
-    )
-    assert (tmp_path / "results" / "tiny.csv").exists() and (tmp_path / "results" / "tiny-speed.csv").exists()
-    # what the UI shows: the outcome on the parent, role/recipe, creator and data on every step run
-    parent = client.get_run(first["run_id"])
-    report = client.get_run(steps["report"]["run_id"])
-    assert parent.data.metrics["distilled.f1"] == report.data.metrics["distilled.f1"] >= 0
-    assert {"teacher.f1", "student.exact_match", "distilled.fp32_p50_ms"} <= set(parent.data.metrics)
-    assert "tiny.csv" in {a.path for a in client.list_artifacts(first["run_id"])}
-    for step, role in (("teacher", "teacher"), ("student", "student"), ("distill", "distill"),
-                       ("speedtest", "speedtest"), ("report", "report")):
-        run = client.get_run(steps[step]["run_id"])
-        assert (run.data.tags["role"], run.data.tags["recipe"]) == (role, "tiny"), step
-        assert run.data.tags["mlflow.user"] == parent.info.user_id
-        if step != "report":
-            assert run.inputs.dataset_inputs, step
-    assert not [k for k in client.get_run(steps["student"]["run_id"]).data.params if k.startswith("distillation.")]
-    champion = client.get_model_version_by_alias("qa-distill-tiny-distill", "champion")
-    assert "p50 at batch 1:" in champion.description  # the speed test's figures, after EM/F1
-    # `mlflow run` put its run in Default; all that stays there is a finished pointer to the parent
-    (stub,) = client.search_runs(["0"])
-    assert stub.data.tags[MOVED_TO] == first["run_id"] and not stub.data.metrics
-
-    trained = _training_runs(client, experiment.experiment_id)
-    assert len(trained) == 3
-    second = _main(tracking_uri, tmp_path, tiny_bert, dev_sample)
-    assert second["run_id"] != first["run_id"]
-    assert {name: s["run_id"] for name, s in second["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
-    assert {s["action"] for s in second["steps"].values()} == {"reused"}
-    assert client.get_run(second["run_id"]).data.tags["step.teacher.action"] == "reused"
-    def outcome(run):  # the results' figures, not the steps' own timings
-        return {k: v for k, v in run.data.metrics.items() if not k.startswith("step.")}
-    assert outcome(client.get_run(second["run_id"])) == outcome(parent) != {}  # a reused chain's outcome too
-    assert len(_training_runs(client, experiment.experiment_id)) == 3  # nothing trained again
 
 
 @pytest.mark.slow
@@ -255,12 +193,36 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _check_what_the_ui_shows(client: MlflowClient, parent, steps: dict, *, recipe: str) -> None:
+    """A finished chain as the MLflow UI shows it: the outcome on the parent, role, recipe, creator
+    and data on every step run, the exact model versions the chain registered (never `latest`)."""
+    for step, info in steps.items():
+        run = client.get_run(info["run_id"])
+        assert run.info.experiment_id == parent.info.experiment_id and run.info.status == "FINISHED"
+        assert (run.data.tags["role"], run.data.tags["recipe"]) == (step, recipe), step
+        assert run.data.tags["mlflow.user"] == parent.info.user_id
+        if step != "report":
+            assert run.inputs.dataset_inputs, step
+    models = {role: f"models:/qa-distill-{recipe}-{role}/1" for role in TRAINING}
+    assert client.get_run(steps["distill"]["run_id"]).data.params["teacher"] == models["teacher"]
+    assert client.get_run(steps["speedtest"]["run_id"]).data.params["models"] == (
+        f"teacher={models['teacher']} student={models['student']} distilled={models['distill']}")
+    report = client.get_run(steps["report"]["run_id"])
+    assert parent.data.metrics["distilled.f1"] == report.data.metrics["distilled.f1"] >= 0
+    assert {"teacher.f1", "student.exact_match", "distilled.fp32_p50_ms"} <= set(parent.data.metrics)
+    assert f"{recipe}.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert not [k for k in client.get_run(steps["student"]["run_id"]).data.params if k.startswith("distillation.")]
+    champion = client.get_model_version_by_alias(f"qa-distill-{recipe}-distill", "champion")
+    assert "p50 at batch 1:" in champion.description  # the speed test's figures, after EM/F1
+
+
 @pytest.mark.slow
 def test_mlflow_run_of_a_tiny_recipe_stopped_by_ctrl_c_and_run_again_is_one_parent_run_to_the_end(
         tracking_uri, tmp_path, tiny_bert, dev_sample):
     """`mlflow run . -P recipe=<tiny recipe>`, no other parameter, as a new user types it; Ctrl-C in
     its first training, then the same command again: one parent with one run per step, none FAILED,
-    and the tables where the first line said they go."""
+    what the UI shows on each, and the tables where the first line said they go. A third time, every
+    step is reused and nothing trains."""
     recipe = tmp_path / "tiny-first-hour.yaml"
     spec = TINY.read_text().replace("data:\n", f"data:\n  data: {dev_sample}\n  cache_dir: {tmp_path / 'cache'}\n", 1)
     spec = spec.replace("teacher: {}\n", "teacher:\n  training: {epochs: 6, batch_size: 2, save_steps: 2}\n")
@@ -293,13 +255,20 @@ def test_mlflow_run_of_a_tiny_recipe_stopped_by_ctrl_c_and_run_again_is_one_pare
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
-        assert result["steps"]["teacher"]["action"] == "resumed"
+        steps = result["steps"]
+        assert list(steps) == ["teacher", "student", "distill", "speedtest", "report"]
+        assert [s["action"] for s in steps.values()] == ["resumed", "ran", "ran", "ran", "ran"]
         everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert {r.info.status for r in everything} == {"FINISHED"}
         (parent,) = [r for r in everything if r.data.tags.get("role") == "main"]
         assert parent.info.run_id == result["run_id"]
         children = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert sorted(r.data.tags["qa_distill.step"] for r in children) == sorted(result["steps"])
+        assert sorted(r.data.tags["qa_distill.step"] for r in children) == sorted(steps)
+        assert {r.info.run_id for r in children} == {s["run_id"] for s in steps.values()}
+        in_chain = {parent.info.run_id, *(c.info.run_id for c in children)}
+        (pointer,) = [r for r in everything if r.info.run_id not in in_chain]
+        assert parent.info.run_id in pointer.data.tags["mlflow.note.content"]  # the rerun's own launched run
+        _check_what_the_ui_shows(client, parent, steps, recipe=recipe.stem)
 
         assert result["results"] == str(outputs / "results")
         assert f"its tables go to {outputs / 'results'}" in done.stderr
@@ -307,6 +276,18 @@ def test_mlflow_run_of_a_tiny_recipe_stopped_by_ctrl_c_and_run_again_is_one_pare
         speed = (outputs / "results" / "tiny-first-hour-speed.csv").read_text()
         assert "fp32" in speed and "bf16" not in speed  # in proportion: fp32 (and the baseline) only
         assert not (RESULTS_DIR / "tiny-first-hour.csv").exists()
+
+        again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        third = json.loads([line for line in again.stdout.splitlines() if line.startswith("{")][-1])
+        assert third["run_id"] != parent.info.run_id
+        assert {name: s["run_id"] for name, s in third["steps"].items()} == {n: s["run_id"] for n, s in steps.items()}
+        assert {s["action"] for s in third["steps"].values()} == {"reused"}
+        assert client.get_run(third["run_id"]).data.tags["step.teacher.action"] == "reused"
+        def outcome(run):  # the results' figures, not the steps' own timings
+            return {k: v for k, v in run.data.metrics.items() if not k.startswith("step.")}
+        assert outcome(client.get_run(third["run_id"])) == outcome(parent) != {}  # a reused chain's outcome too
+        assert len(_training_runs(client, parent.info.experiment_id)) == 3  # nothing trained again
     finally:
         shutil.rmtree(outputs, ignore_errors=True)
 
