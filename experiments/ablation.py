@@ -24,12 +24,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
 
-from qa_distill.config import PROJECT_ROOT, RESULTS_DIR
+from qa_distill.config import PROJECT_ROOT, RESULTS_DIR, tracking_uri
 from qa_distill.errors import ConfigError
 from qa_distill.recipes import load_config, recipe_path
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
+from qa_distill.tracking.registry import exact_version
 
 ROWS = (("logits only", False, False), ("+ hidden", True, False), ("+ attention", False, True), ("+ both", True, True))
 
@@ -39,6 +41,17 @@ def row_settings(args: argparse.Namespace, hidden: bool, attention: bool) -> lis
     return [*args.overrides, f"tracking.experiment={args.recipe_name}-ablation", "tracking.register_model=false",
             f"distillation.hidden_weight={args.hidden_weight if hidden else 0.0}",
             f"distillation.attention_weight={args.attention_weight if attention else 0.0}"]
+
+
+def teacher_f1(source: str, uri: str) -> float:
+    """The dev F1 the run that registered the teacher logged (NaN for a teacher given as a path):
+    each row then reads as a share of its teacher."""
+    client = MlflowClient(uri)
+    ref = exact_version(source) if source.startswith("models:/") else None
+    if ref is None:
+        return float("nan")
+    run_id = client.get_model_version(ref.name, ref.version).run_id
+    return client.get_run(run_id).data.metrics.get("f1", float("nan")) if run_id else float("nan")
 
 
 def run_row(args: argparse.Namespace, name: str, settings: list[str]) -> dict:
@@ -85,20 +98,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for name in chosen:
         settings = row_settings(args, *known[name])
-        config = load_config(args.recipe, "distill", overrides=settings)
+        config = load_config(args.recipe, "distill", overrides=settings,
+                             explicit={"distillation.teacher": args.teacher} if args.teacher else None)
         metrics = run_row(args, name, settings)
         k = config.distillation
+        teacher = teacher_f1(k.teacher, tracking_uri(config.tracking))
         rows.append({
             "row": name, "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,
             "temperature": k.temperature, "alpha": k.alpha, "exact_match": metrics["exact_match"],
-            "f1": metrics["f1"], "train_minutes": metrics["train_seconds"] / 60,
+            "f1": metrics["f1"], "teacher_f1": teacher, "f1_of_teacher_pct": 100 * metrics["f1"] / teacher,
+            "train_minutes": metrics["train_seconds"] / 60,
             "windows_per_second": metrics["train_windows_per_second"], "epochs": config.training.epochs,
             "train_questions": config.data.train_questions, "dev_questions": metrics["dev_questions"],
             "cpu": cpu_name(),
         })
     table = pd.DataFrame(rows)
     write_tables(table, Path(args.results) if args.results else RESULTS_DIR / f"{args.recipe_name}-ablation",
-                 formats={"train_minutes": ".1f", "dev_questions": ".0f", "train_questions": ".0f"})
+                 formats={"train_minutes": ".1f", "f1_of_teacher_pct": ".1f", "dev_questions": ".0f",
+                          "train_questions": ".0f"})
     return table
 
 

@@ -1,6 +1,7 @@
 """experiments/ablation.py end to end on the tiny recipe: four `qa-distill distill` runs, one table."""
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def test_four_rows_from_the_projects_distill_command(tmp_path, tracking_uri, dev
     runs = mlflow.search_runs(experiment_names=["tiny-ablation"])
     assert sorted(runs["params.distillation.hidden_weight"]) == ["0.0", "0.0", "0.5", "0.5"]
     assert list(table["f1"][:2]) == list(first["f1"][::-1])
+    assert written["teacher_f1"].isna().all()  # a teacher given as a path has no run to read it from
     assert len(mlflow.search_runs(experiment_names=["tiny-ablation"])) == 4
 
 
@@ -67,3 +69,15 @@ def test_bad_weights_are_refused_before_any_row_trains(tmp_path):
         _ablation().main(["--recipe", "cpu", "--attention-weight", "-1", "--results", str(tmp_path / "x"),
                           "--output-dir", str(tmp_path / "rows")])
     assert not (tmp_path / "rows").exists()
+
+
+def test_a_registered_teacher_gives_its_runs_f1_to_every_row(tracking_uri):
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.create_experiment("t")
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "f1", 69.4)
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("qa-distill-cpu-teacher")
+    client.create_model_version("qa-distill-cpu-teacher", "file:///nowhere", run_id=run.info.run_id)
+    assert _ablation().teacher_f1("models:/qa-distill-cpu-teacher/latest", tracking_uri) == 69.4
+    assert math.isnan(_ablation().teacher_f1("/a/saved/teacher", tracking_uri))
