@@ -51,7 +51,7 @@ def _launch(processes: int, overrides: list[str], data: Path, teacher: str, out:
 def test_two_processes_give_one_run_one_cache_and_the_scores_of_one(
     tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
 ):
-    common = [*TINY, f"model.name={tiny_distilbert}"]
+    common = [*TINY, f"model.name={tiny_distilbert}", "distillation.hidden_weight=0"]  # logits only: the cache
     one = run_distill(load_config("cpu", "distill", overrides=[*common, "training.batch_size=16",
                                                      f"data.cache_dir={tmp_path / 'cache-1'}"],
                                   output_dir=str(tmp_path / "one"),

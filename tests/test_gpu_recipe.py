@@ -48,7 +48,7 @@ def test_the_teacher_cache_is_computed_on_the_trainers_device_in_its_batches(
     tmp_path, dev_sample, tiny_bert, tiny_distilbert
 ):
     config = _shrunk("distill", tmp_path, dev_sample, tiny_distilbert, tiny_bert, "distillation.teacher_batch_size=3",
-                     "data.train_questions=40")
+                     "data.train_questions=40", "distillation.hidden_weight=0")  # logits only: the cache
     p = prepare(config)
     teacher = load_teacher(config, p.student)
     trainer, info = make_distill_trainer(p, teacher)
@@ -66,11 +66,13 @@ def test_the_teacher_cache_is_computed_on_the_trainers_device_in_its_batches(
 
 
 @pytest.mark.slow
-def test_a_shrunken_gpu_recipe_distils_on_cpu(tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert):
-    config = _shrunk("distill", tmp_path, dev_sample, tiny_distilbert, tiny_bert, "training.dataloader_workers=1")
+def test_a_shrunken_gpu_recipe_distils_on_cpu(tmp_path, tracking_uri, dev_sample, tiny_bert):
+    # the student cut from its teacher, as in the recipe: the hidden-state term maps their layers
+    config = _shrunk("distill", tmp_path, dev_sample, tiny_bert, tiny_bert, "training.dataloader_workers=1")
     result = run_distill(config)
     run = mlflow.MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["run.recipe"] == "gpu"
+    assert run.data.params["distillation.hidden_weight"] == "1.0" and "teacher_cache_key" not in result  # on the fly
     assert run.data.params["run.processes"] == "1"
     assert mlflow.MlflowClient().get_registered_model("qa-distill-gpu-distill").latest_versions
 

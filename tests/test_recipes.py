@@ -89,7 +89,7 @@ def test_bad_layer_term_settings_are_refused_in_one_line(override, message):
 
 
 def test_layer_term_settings_default_to_todays_loss_and_take_a_list():
-    k = load_config("cpu", "distill").distillation
+    k = load_config(str(Path(__file__).parent / "recipes" / "tiny.yaml"), "distill").distillation  # sets none
     assert (k.hidden_weight, k.attention_weight, k.layer_map) == (0.0, 0.0, None)
     assert load_config("cpu", "distill", overrides=["distillation.layer_map=[0,1,2,3]"]).distillation.layer_map == [
         0, 1, 2, 3]
