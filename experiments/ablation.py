@@ -26,12 +26,13 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from qa_distill.config import PROJECT_ROOT, RESULTS_DIR, tracking_uri
-from qa_distill.errors import ConfigError
+from qa_distill.config import PROJECT_ROOT, RESULTS_DIR
+from qa_distill.errors import ConfigError, QaDistillError
 from qa_distill.recipes import load_config, recipe_path
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.tracking.registry import exact_version
+from qa_distill.training.preflight import connect
 
 ROWS = (("logits only", False, False), ("+ hidden", True, False), ("+ attention", False, True), ("+ both", True, True))
 
@@ -43,13 +44,13 @@ def row_settings(args: argparse.Namespace, hidden: bool, attention: bool) -> lis
             f"distillation.attention_weight={args.attention_weight if attention else 0.0}"]
 
 
-def teacher_f1(source: str, uri: str) -> float:
-    """The dev F1 the run that registered the teacher logged (NaN for a teacher given as a path):
-    each row then reads as a share of its teacher."""
-    client = MlflowClient(uri)
-    ref = exact_version(source) if source.startswith("models:/") else None
+def teacher_f1(source: str) -> float:
+    """The dev F1 the run that registered the teacher logged, from the store MLflow points at (NaN
+    for a teacher given as a path): each row then reads as a share of its teacher."""
+    ref = exact_version(source)
     if ref is None:
         return float("nan")
+    client = MlflowClient()
     run_id = client.get_model_version(ref.name, ref.version).run_id
     return client.get_run(run_id).data.metrics.get("f1", float("nan")) if run_id else float("nan")
 
@@ -93,16 +94,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         raise ConfigError("experiments/results/ holds all four rows of a committed recipe at its own budget: "
                           "pass --results for this one")
     args.output_dir = args.output_dir or str(PROJECT_ROOT / "outputs" / args.recipe_name / "ablation")
-    for name in chosen:  # every row's settings checked before the first one trains
-        load_config(args.recipe, "distill", overrides=row_settings(args, *known[name]))
+    settings = {name: row_settings(args, *known[name]) for name in chosen}
+    configs = {name: load_config(args.recipe, "distill", overrides=settings[name],  # all checked before any trains
+                                 explicit={"distillation.teacher": args.teacher} if args.teacher else None)
+               for name in chosen}
+    first = configs[chosen[0]]
+    connect(first.tracking)  # where the rows log and the teacher's `models:/` resolves
+    teacher = teacher_f1(first.distillation.teacher)  # one teacher for every row
     rows = []
-    for name in chosen:
-        settings = row_settings(args, *known[name])
-        config = load_config(args.recipe, "distill", overrides=settings,
-                             explicit={"distillation.teacher": args.teacher} if args.teacher else None)
-        metrics = run_row(args, name, settings)
+    for name, config in configs.items():
+        metrics = run_row(args, name, settings[name])
         k = config.distillation
-        teacher = teacher_f1(k.teacher, tracking_uri(config.tracking))
         rows.append({
             "row": name, "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,
             "temperature": k.temperature, "alpha": k.alpha, "exact_match": metrics["exact_match"],
@@ -122,5 +124,5 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 if __name__ == "__main__":
     try:
         print(main().to_markdown(index=False))
-    except ConfigError as exc:
+    except QaDistillError as exc:
         sys.exit(f"error: {exc}")

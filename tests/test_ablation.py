@@ -72,12 +72,13 @@ def test_bad_weights_are_refused_before_any_row_trains(tmp_path):
 
 
 def test_a_registered_teacher_gives_its_runs_f1_to_every_row(tracking_uri):
-    client = mlflow.MlflowClient(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # as main's connect() does
+    client = mlflow.MlflowClient()
     experiment = client.create_experiment("t")
     run = client.create_run(experiment)
     client.log_metric(run.info.run_id, "f1", 69.4)
     client.set_terminated(run.info.run_id)
     client.create_registered_model("qa-distill-cpu-teacher")
     client.create_model_version("qa-distill-cpu-teacher", "file:///nowhere", run_id=run.info.run_id)
-    assert _ablation().teacher_f1("models:/qa-distill-cpu-teacher/latest", tracking_uri) == 69.4
-    assert math.isnan(_ablation().teacher_f1("/a/saved/teacher", tracking_uri))
+    assert _ablation().teacher_f1("models:/qa-distill-cpu-teacher/latest") == 69.4
+    assert math.isnan(_ablation().teacher_f1("/a/saved/teacher"))
