@@ -255,6 +255,7 @@ def test_mlflow_run_of_a_tiny_recipe_stopped_by_ctrl_c_and_run_again_is_one_pare
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+        assert result["experiment"] == "qa-distill"
         steps = result["steps"]
         assert list(steps) == ["teacher", "student", "distill", "speedtest", "report"]
         assert [s["action"] for s in steps.values()] == ["resumed", "ran", "ran", "ran", "ran"]
