@@ -26,12 +26,13 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from qa_distill.config import PROJECT_ROOT, RESULTS_DIR
+from qa_distill.config import PROJECT_ROOT, RESULTS_DIR, RunConfig
 from qa_distill.errors import ConfigError, QaDistillError
 from qa_distill.recipes import load_config, recipe_path
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
 from qa_distill.tracking.registry import exact_version
+from qa_distill.training.lifecycle import run_identity
 from qa_distill.training.preflight import connect
 
 ROWS = (("logits only", False, False), ("+ hidden", True, False), ("+ attention", False, True), ("+ both", True, True))
@@ -55,10 +56,12 @@ def teacher_f1(source: str) -> float:
     return client.get_run(run_id).data.metrics.get("f1", float("nan")) if run_id else float("nan")
 
 
-def run_row(args: argparse.Namespace, name: str, settings: list[str]) -> dict:
-    """The row's metrics: from its finished run of the same settings, else from `qa-distill distill`."""
+def run_row(args: argparse.Namespace, name: str, settings: list[str], config: RunConfig) -> dict:
+    """The row's metrics: from its finished run of the same settings, else from `qa-distill distill`.
+    The same settings are the resolved ones, so a recipe edited since (say its alpha) trains the row
+    again instead of labelling the old row with the new values."""
     out = Path(args.output_dir) / name.strip("+ ").replace(" ", "-")
-    asked = {"recipe": args.recipe, "teacher": args.teacher, "settings": settings}
+    asked = {"recipe": args.recipe, "teacher": args.teacher, "settings": settings, "resolved": run_identity(config)}
     done = out / "ablation.json"
     if not (done.exists() and json.loads(done.read_text()) == asked and (out / "metrics.json").exists()):
         command = [sys.executable, "-m", "qa_distill.cli", "distill", "--recipe", args.recipe,
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     teacher = teacher_f1(first.distillation.teacher)  # one teacher for every row
     rows = []
     for name, config in configs.items():
-        metrics = run_row(args, name, settings[name])
+        metrics = run_row(args, name, settings[name], config)
         k = config.distillation
         rows.append({
             "row": name, "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,

@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import re
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -24,7 +25,9 @@ def _ablation():
 
 @pytest.mark.slow
 def test_four_rows_from_the_projects_distill_command(tmp_path, tracking_uri, dev_sample, tiny_bert):
-    args = ["--recipe", TINY, "--teacher", tiny_bert, "--hidden-weight", "0.5", "--attention-weight", "2.0",
+    recipe = tmp_path / "tiny.yaml"  # a copy, edited at the end
+    shutil.copy(TINY, recipe)
+    args = ["--recipe", str(recipe), "--teacher", tiny_bert, "--hidden-weight", "0.5", "--attention-weight", "2.0",
             "--set", f"model.name={tiny_bert}", "--set", f"data.data={dev_sample}",
             "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--output-dir", str(tmp_path / "rows"), "--results", str(tmp_path / "tiny-ablation")]
@@ -45,6 +48,10 @@ def test_four_rows_from_the_projects_distill_command(tmp_path, tracking_uri, dev
     assert list(table["f1"][:2]) == list(first["f1"][::-1])
     assert written["teacher_f1"].isna().all()  # a teacher given as a path has no run to read it from
     assert len(mlflow.search_runs(experiment_names=["tiny-ablation"])) == 4
+    # the recipe's alpha edited since: the row is trained again, not the old one relabelled
+    recipe.write_text(recipe.read_text().replace("alpha: 0.5", "alpha: 0.7"))
+    assert list(_ablation().main([*args, "--rows", "logits only"])["alpha"]) == [0.7]
+    assert len(mlflow.search_runs(experiment_names=["tiny-ablation"])) == 5
 
 
 def test_a_test_sized_ablation_never_writes_into_experiments_results(tiny_bert):
