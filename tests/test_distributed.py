@@ -51,7 +51,12 @@ def _launch(processes: int, overrides: list[str], data: Path, teacher: str, out:
 def test_two_processes_give_one_run_one_cache_and_the_scores_of_one(
     tmp_path, tracking_uri, dev_sample, tiny_bert, tiny_distilbert
 ):
-    common = [*TINY, f"model.name={tiny_distilbert}", "distillation.hidden_weight=0"]  # logits only: the cache
+    # logits only: the cache. T and alpha pinned, not the recipe's: the two runs see the windows in
+    # different orders (one sampler against two shards), so their scores agree only within noise,
+    # and the 0.5 bound below was set at these values (at the cpu recipe's T 3, alpha 0.9: 7.36 F1
+    # against 6.46 here).
+    common = [*TINY, f"model.name={tiny_distilbert}", "distillation.hidden_weight=0",
+              "distillation.temperature=2", "distillation.alpha=0.5"]
     one = run_distill(load_config("cpu", "distill", overrides=[*common, "training.batch_size=16",
                                                      f"data.cache_dir={tmp_path / 'cache-1'}"],
                                   output_dir=str(tmp_path / "one"),
