@@ -14,10 +14,17 @@ def test_amd_names_gain_their_core_generation():
     assert hardware.describe_cpu(zen5) == "AMD EPYC (family 26 model 2, Zen 5)"
 
 
-def test_intel_names_are_kept_as_they_are():
+def test_intel_names_with_a_model_number_are_kept_as_they_are():
     xeon = {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143",
             "model name": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"}
     assert hardware.describe_cpu(xeon) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+
+
+def test_a_hypervisors_generic_intel_name_gains_family_model_and_generation():
+    generic = {"vendor_id": "GenuineIntel", "cpu family": "6", "model name": "Intel(R) Xeon(R) Processor"}
+    emerald, unknown = {**generic, "model": "207"}, {**generic, "model": "106"}
+    assert hardware.describe_cpu(emerald) == "Intel(R) Xeon(R) Processor (family 6 model 207, Emerald Rapids)"
+    assert hardware.describe_cpu(unknown) == "Intel(R) Xeon(R) Processor (family 6 model 106)"
 
 
 def test_unknown_amd_family_names_the_family_without_guessing_a_generation():
@@ -25,10 +32,13 @@ def test_unknown_amd_family_names_the_family_without_guessing_a_generation():
     assert hardware.describe_cpu(fields) == "AMD EPYC 7742 (family 23 model 49)"
 
 
-def test_bf16_follows_the_cpu_flags(monkeypatch):
+def test_bf16_follows_the_cpu_flags_and_vendor(monkeypatch):
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"vendor_id": "AuthenticAMD"})
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
     assert not hardware.cpu_has_bf16()
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert hardware.cpu_has_bf16()
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"vendor_id": "GenuineIntel"})
+    assert not hardware.cpu_has_bf16()  # an Intel without AMX trains faster in fp32
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
     assert hardware.cpu_has_bf16()
