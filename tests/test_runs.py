@@ -16,6 +16,7 @@ from qa_distill.data.squad import load_split
 from qa_distill.errors import ConfigError
 from qa_distill.inference.evaluate import evaluate_model
 from qa_distill.recipes import load_config
+from qa_distill.runtime import hardware
 from qa_distill.runtime.processes import PROCESS_TAG, close_dead_runs, process_tag
 from qa_distill.saved_model import SavedSettings, read_settings
 from qa_distill.training.runs import run_distill, run_finetune
@@ -152,8 +153,12 @@ class _KillAfterFirstSave(TrainerCallback):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_path, tracking_uri, dev_sample, tiny_bert):
-    config = _config("teacher", tiny_bert, dev_sample, tmp_path)
+def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(
+    tmp_path, tracking_uri, dev_sample, tiny_bert, monkeypatch
+):
+    auto = "training.precision=auto"  # fp32 on this machine: the CPU has no fast bf16
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    config = _config("teacher", tiny_bert, dev_sample, tmp_path, auto)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(config, callbacks=[_KillAfterFirstSave()])
     killed = mlflow.search_runs(search_all_experiments=True)
@@ -165,12 +170,17 @@ def test_an_interrupted_run_is_killed_and_the_rerun_resumes_the_same_run(tmp_pat
     mlflow.MlflowClient().set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{_dead_pid()}:0")
     # another configuration into the same directory is refused, naming what differs
     with pytest.raises(ConfigError, match=r"holds checkpoint-\d+ of another configuration \(training.learning_rate"):
-        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, "training.learning_rate=0.001"))
+        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, auto, "training.learning_rate=0.001"))
+    # so is the same configuration where `auto` resolves to another precision (a machine with bf16)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    with pytest.raises(ConfigError, match=r"training.precision_resolved: fp32 there, bf16 now"):
+        run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, auto))
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     # a save cut short by the kill is removed; the last sealed checkpoint is resumed
     half = tmp_path / "teacher" / "checkpoint-999"
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"half-written")
-    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path))
+    result = run_finetune(_config("teacher", tiny_bert, dev_sample, tmp_path, auto))
     assert result["run_id"] == run_id and not half.exists()
     run = _run(run_id)
     assert run.info.status == "FINISHED" and "checkpoint-" in run.data.tags["resumed_from"]

@@ -63,9 +63,10 @@ def prepare(config: RunConfig) -> Prepared:
     train, dev = load_split(d, "train"), load_split(d, "dev")
     student = load_student(config)
     preflight.check_output_dir(config.output_dir, sum(t.nbytes for t in student.model.state_dict().values()))
-    identity = lifecycle.run_identity(
+    precision = resolve_precision(config.training.precision)
+    identity = lifecycle.run_identity(  # with the precision `auto` became: a bf16 checkpoint goes on in bf16
         config, train=train.fingerprint, dev=dev.fingerprint, student=model_fingerprint(student.model)
-    )
+    ) | {"training.precision_resolved": precision}
     with main_process_first():  # one process tokenises, the others read its cache files
         train_features = build_features(train, student.tokenizer, max_length=d.max_length, doc_stride=d.doc_stride,
                                         kind="train", cache=d.cache_dir)
@@ -88,7 +89,7 @@ def prepare(config: RunConfig) -> Prepared:
     }
     return Prepared(
         config, student, train.dataset, dev.dataset, train_features, dev_features,
-        resolve_precision(config.training.precision), notes, identity,
+        precision, notes, identity,
     )
 
 
