@@ -70,6 +70,7 @@ class ModelConfig:
 
     name: str = setting("bert-base-uncased", "hub name, local dir, MLflow URI, or pypi:<package>")
     layer_stride: int = setting(1, "keep one layer out of this many (2: as DistilBERT from BERT)")
+    layers: list[int] | None = setting(None, "the layers to keep, e.g. [1, 3, 5] (null: one in layer_stride)")
     attention_dropout: float | None = setting(None, "null: the model's own")
     hidden_dropout: float | None = setting(None, "null: the model's own")
 
@@ -85,7 +86,8 @@ class TrainingConfig:
     weight_decay: float = setting(0.01, "AdamW weight decay")
     warmup_ratio: float = setting(0.0, "share of the steps the learning rate warms up over")
     seed: int = setting(42, "seed of initialisation, dropout and batch order")
-    precision: str = setting("auto", "auto (bf16 where the hardware has it), bf16, fp16 or fp32")
+    precision: str = setting("auto", "auto (bf16 where it trains faster: CUDA, AMX, an AMD with AVX512-BF16), bf16, "
+                                     "fp16 or fp32")
     eval_each_epoch: bool = setting(True, "score the dev set after every epoch, not only at the end")
     logging_steps: int = setting(50, "log the loss every this many steps")
     progress_seconds: float = setting(30.0, "a progress line (step/total, rate, ETA) at most this often")
@@ -124,7 +126,7 @@ class DistillConfig:
     hidden_weight: float = setting(0.0, "weight of the hidden-state MSE between mapped layers (0: off)")
     attention_weight: float = setting(0.0, "weight of the attention-distribution KL of mapped layers (0: off)")
     layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first "
-                                                "(null: 0, s, 2s, ... for model.layer_stride s)")
+                                                "(null: spread evenly, the last on the last)")
 
     @property
     def layer_terms(self) -> bool:

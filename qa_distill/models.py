@@ -124,15 +124,18 @@ def layer_list(model: PreTrainedModel) -> nn.ModuleList:
     raise ModelError(f"{type(model).__name__}: cannot find its {count} transformer layers")
 
 
-def keep_layers(model: PreTrainedModel, stride: int) -> list[int]:
-    """Keep one layer out of `stride` (0, stride, 2*stride, ...), in place; returns the kept ones."""
-    layers = layer_list(model)
-    kept = list(range(0, len(layers), stride))
-    if stride > 1:
-        new = nn.ModuleList([layers[i] for i in kept])
+def keep_layers(model: PreTrainedModel, stride: int, *, layers: list[int] | None = None) -> list[int]:
+    """Keep `layers` (`model.layers`), else one layer out of `stride` (0, stride, 2*stride, ...), in
+    place; returns the kept ones."""
+    found = layer_list(model)
+    if layers is not None and not set(layers) <= set(range(len(found))):
+        raise ModelError(f"model.layers {layers}: the model has {len(found)} layers, 0..{len(found) - 1}")
+    kept = list(layers) if layers is not None else list(range(0, len(found), stride))
+    if kept != list(range(len(found))):
+        new = nn.ModuleList([found[i] for i in kept])
         for parent in model.modules():
             for name, child in parent.named_children():
-                if child is layers:
+                if child is found:
                     setattr(parent, name, new)
         _set_first(model.config, _LAYER_COUNT, len(kept))
     return kept
@@ -157,6 +160,7 @@ def load_config(path: str) -> PretrainedConfig:
 def load_qa_model(
     source: str,
     *, layer_stride: int = 1,
+    layers: list[int] | None = None,
     attention_dropout: float | None = None,
     hidden_dropout: float | None = None,
 ) -> LoadedModel:
@@ -169,7 +173,7 @@ def load_qa_model(
         _set_first(config, _HIDDEN_DROPOUT, hidden_dropout)
     model = AutoModelForQuestionAnswering.from_pretrained(path, config=config)
     tokenizer = load_tokenizer(path)
-    kept = keep_layers(model, layer_stride) if layer_stride > 1 else None
+    kept = keep_layers(model, layer_stride, layers=layers) if layer_stride > 1 or layers is not None else None
     return LoadedModel(model, tokenizer, source, kept)
 
 

@@ -50,8 +50,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"training.dataloader_workers must be >= 0, got {t.dataloader_workers}")
     if t.pad_to_multiple_of < 1:
         raise ConfigError(f"training.pad_to_multiple_of must be >= 1, got {t.pad_to_multiple_of}")
-    if config.model.layer_stride < 1:
-        raise ConfigError(f"model.layer_stride must be >= 1, got {config.model.layer_stride}")
+    check_layers(config.model.layer_stride, config.model.layers)
     for name, value in (("training.save_steps", t.save_steps), ("training.save_minutes", t.save_minutes)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be positive (or null for epoch ends only), got {value}")
@@ -63,6 +62,19 @@ def validate(config: RunConfig) -> None:
     check_layer_weights(k.hidden_weight, k.attention_weight)
     check_layer_map(k.layer_map)
     validate_search(config.search)
+
+
+def check_layers(stride: int, layers: list[int] | None) -> None:
+    """One way to cut the model: a stride >= 1, or a list of distinct layers in order (the model's
+    own count is checked when it loads)."""
+    if stride < 1:
+        raise ConfigError(f"model.layer_stride must be >= 1, got {stride}")
+    if layers is None:
+        return
+    if stride > 1:
+        raise ConfigError(f"model.layers {layers} and model.layer_stride {stride}: give one of the two")
+    if not layers or layers != sorted(set(layers)) or layers[0] < 0:
+        raise ConfigError(f"model.layers must list layers >= 0 in increasing order, got {layers}")
 
 
 def check_layer_weights(hidden_weight: float, attention_weight: float) -> None:

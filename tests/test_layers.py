@@ -24,17 +24,25 @@ def _bert(layers: int, heads: int = 2, width: int = 32) -> BertForQuestionAnswer
                                                num_attention_heads=heads, intermediate_size=64))
 
 
-@pytest.mark.parametrize(("layers", "stride", "expected"), [(6, 1, [0, 1, 2, 3, 4, 5, 6]), (3, 2, [0, 2, 4, 6])])
-def test_the_default_map_follows_the_layers_the_student_was_cut_from(layers, stride, expected):
-    assert default_layer_map(layers, stride) == expected
+@pytest.mark.parametrize(("student", "teacher", "expected"), [
+    (6, 6, [0, 1, 2, 3, 4, 5, 6]), (3, 6, [0, 2, 4, 6]), (2, 6, [0, 3, 6]), (4, 6, [0, 1, 3, 4, 6]),
+])
+def test_the_default_map_spreads_the_students_outputs_over_the_teachers_last_on_last(student, teacher, expected):
+    assert default_layer_map(student, teacher) == expected
+
+
+def test_a_student_of_chosen_layers_maps_by_depth_not_by_origin(tiny_bert):
+    student = load_qa_model(tiny_bert, layers=[0, 1])  # the bottom two of four: still last on last
+    assert student.kept_layers == [0, 1]
+    assert layer_map(None, student.model, load_qa_model(tiny_bert).model, attention=True) == [0, 2, 4]
 
 
 def test_a_student_cut_with_stride_2_maps_onto_its_teacher(tiny_bert):
     student = load_qa_model(tiny_bert, layer_stride=2)
     teacher = load_qa_model(tiny_bert)
     assert student.kept_layers == [0, 2]
-    assert layer_map(None, student.model, teacher.model, stride=2, attention=True) == [0, 2, 4]
-    assert layer_map([0, 1, 3], student.model, teacher.model, stride=2, attention=True) == [0, 1, 3]
+    assert layer_map(None, student.model, teacher.model, attention=True) == [0, 2, 4]
+    assert layer_map([0, 1, 3], student.model, teacher.model, attention=True) == [0, 1, 3]
 
 
 @pytest.mark.parametrize(("given", "student", "teacher", "attention", "message"), [
@@ -45,12 +53,12 @@ def test_a_student_cut_with_stride_2_maps_onto_its_teacher(tiny_bert):
 ])
 def test_maps_and_models_that_cannot_pair_are_refused_in_one_line(given, student, teacher, attention, message):
     with pytest.raises(ConfigError, match=message) as caught:
-        layer_map(given, student, teacher, stride=2, attention=attention)
+        layer_map(given, student, teacher, attention=attention)
     assert "\n" not in str(caught.value)
 
 
 def test_other_head_counts_pass_without_the_attention_term():
-    assert layer_map(None, _bert(2, heads=4), _bert(4), stride=2, attention=False) == [0, 2, 4]
+    assert layer_map(None, _bert(2, heads=4), _bert(4), attention=False) == [0, 2, 4]
 
 
 def test_tapped_scores_give_the_eager_kernels_attention_probabilities():
@@ -116,6 +124,6 @@ def test_a_hidden_weight_runs_the_teacher_on_the_fly_and_adds_the_mapped_mse(tmp
 
 def test_the_attention_term_taps_every_student_layer_and_the_mapped_teacher_layers(tiny_bert):
     student, teacher = load_qa_model(tiny_bert, layer_stride=2).model, load_qa_model(tiny_bert).model
-    terms = LayerTerms.of(DistillConfig(attention_weight=1.0), student, teacher, stride=2)
+    terms = LayerTerms.of(DistillConfig(attention_weight=1.0), student, teacher)
     assert (terms.student_tap.layers, terms.teacher_tap.layers, terms.outputs("student")) == ([0, 1], [1, 3], None)
-    assert LayerTerms.of(DistillConfig(), student, teacher, stride=2) is None
+    assert LayerTerms.of(DistillConfig(), student, teacher) is None

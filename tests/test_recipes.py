@@ -88,6 +88,18 @@ def test_bad_layer_term_settings_are_refused_in_one_line(override, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.layers=[1,3,5]"], r"model.layers \[1, 3, 5\] and model.layer_stride 2: give one of the two"),
+    (["model.layer_stride=1", "model.layers=[3,1]"], r"model.layers must list layers >= 0 in increasing order"),
+    (["model.layer_stride=1", "model.layers=[]"], r"model.layers must list layers >= 0 in increasing order"),
+])
+def test_a_student_is_cut_by_a_stride_or_a_list_of_layers_not_both(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu", "distill", overrides=overrides)
+    assert load_config("cpu", "distill", overrides=["model.layer_stride=1", "model.layers=[1,3,5]"]).model.layers == [
+        1, 3, 5]
+
+
 def test_layer_term_settings_default_to_todays_loss_and_take_a_list():
     k = load_config(str(Path(__file__).parent / "recipes" / "tiny.yaml"), "distill").distillation  # sets none
     assert (k.hidden_weight, k.attention_weight, k.layer_map) == (0.0, 0.0, None)

@@ -33,19 +33,21 @@ def _config_value(model: PreTrainedModel, names: tuple[str, ...]) -> int:
     return next(getattr(model.config, n) for n in names if hasattr(model.config, n))
 
 
-def default_layer_map(student_layers: int, stride: int) -> list[int]:
-    """Student output k (0: the embeddings) against teacher output k * stride: a student cut as
-    one layer in `stride` (layers 0, 2, 4 of 6) ends where its teacher's layers 2, 4, 6 end."""
-    return [k * stride for k in range(student_layers + 1)]
+def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student output k (0: the embeddings) against teacher output k * T // S, TinyBERT's uniform
+    map: the last student layer learns from the last teacher layer whichever layers it was cut
+    from, and a student cut as one layer in two (layers 0, 2, 4 of 6) ends where its teacher's
+    layers 2, 4, 6 end."""
+    return [k * teacher_layers // student_layers for k in range(student_layers + 1)]
 
 
-def layer_map(given: list[int] | None, student: PreTrainedModel, teacher: PreTrainedModel, *, stride: int,
+def layer_map(given: list[int] | None, student: PreTrainedModel, teacher: PreTrainedModel, *,
               attention: bool) -> list[int]:
     """The map the recipe gave (`distillation.layer_map`), else the default, checked against the
     two models: one entry per student output, within the teacher's outputs, same width (no
     projection) and, for the attention term, the same number of heads."""
     s_layers, t_layers = len(layer_list(student)), len(layer_list(teacher))
-    found = given if given is not None else default_layer_map(s_layers, stride)
+    found = given if given is not None else default_layer_map(s_layers, t_layers)
     if len(found) != s_layers + 1 or found[-1] > t_layers:
         raise ConfigError(f"distillation.layer_map {found}: the student has {s_layers + 1} outputs (embeddings "
                           f"and {s_layers} layers) and the teacher {t_layers + 1}; give one teacher output in "
@@ -123,13 +125,12 @@ class LayerTerms:
     teacher_tap: AttentionTap | None
 
     @classmethod
-    def of(cls, settings: DistillConfig, student: PreTrainedModel, teacher: PreTrainedModel, *, stride: int
-           ) -> LayerTerms | None:
+    def of(cls, settings: DistillConfig, student: PreTrainedModel, teacher: PreTrainedModel) -> LayerTerms | None:
         """The terms a run's settings ask for, checked against its models; None when both weights are 0."""
         if not settings.layer_terms:
             return None
         attention = settings.attention_weight > 0
-        found = layer_map(settings.layer_map, student, teacher, stride=stride, attention=attention)
+        found = layer_map(settings.layer_map, student, teacher, attention=attention)
         # student layer k - 1 writes output k; the teacher layer that writes output found[k] is found[k] - 1
         taps = ((AttentionTap(student, list(range(len(found) - 1))), AttentionTap(teacher, [t - 1 for t in found[1:]]))
                 if attention else (None, None))

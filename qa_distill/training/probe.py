@@ -103,7 +103,7 @@ def _model_rates(config: RunConfig, windows, *, device: torch.device, precision:
 def _model_key(config: RunConfig) -> tuple:
     """What makes two roles' models run at the same speed: the student and distill share one."""
     m = config.model
-    return m.name, m.layer_stride, m.attention_dropout, m.hidden_dropout, config.training.precision
+    return m.name, m.layer_stride, str(m.layers), m.attention_dropout, m.hidden_dropout, config.training.precision
 
 
 def measure(configs: dict[str, RunConfig]) -> Measured:

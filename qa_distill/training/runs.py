@@ -97,8 +97,8 @@ def load_student(config: RunConfig) -> LoadedModel:
     """A new student with a seeded QA head: one per run, and one per search trial."""
     set_seed(config.training.seed)  # the new QA head's initial weights
     m = config.model
-    return load_qa_model(m.name, layer_stride=m.layer_stride, attention_dropout=m.attention_dropout,
-                         hidden_dropout=m.hidden_dropout)
+    return load_qa_model(m.name, layer_stride=m.layer_stride, layers=m.layers,
+                         attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout)
 
 
 def train_windows(p: Prepared) -> Dataset | WindowTensors:
@@ -215,7 +215,7 @@ def load_teacher(config: RunConfig, student: LoadedModel) -> Teacher:
     k, s = config.distillation, config.search
     attention = k.attention_weight > 0 or s.search_attention_weight
     if attention or k.hidden_weight > 0 or s.search_hidden_weight:
-        layer_map(k.layer_map, student.model, loaded.model, stride=config.model.layer_stride, attention=attention)
+        layer_map(k.layer_map, student.model, loaded.model, attention=attention)
     return Teacher(loaded.model, model_fingerprint(loaded.model), config.distillation.teacher)
 
 
@@ -245,7 +245,7 @@ def make_distill_trainer(
     k = p.config.distillation
     info: dict[str, Any] = {}
     kwargs = _trainer_kwargs(p, callbacks or [])
-    terms = LayerTerms.of(k, p.student.model, teacher.model, stride=p.config.model.layer_stride)
+    terms = LayerTerms.of(k, p.student.model, teacher.model)
     if terms is not None and k.teacher_cache:
         log.info("layer terms: the teacher runs on the fly beside the student; the logits cache is not used")
     if not k.teacher_on_the_fly:
