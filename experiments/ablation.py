@@ -10,8 +10,10 @@ the recipe's registered one (train it first: `qa-distill teacher --recipe cpu`) 
     python experiments/ablation.py --recipe cpu   # experiments/results/cpu-ablation.csv|md
 
 `--rows` runs some rows only, in the order given (a machine too slow for all four runs the one
-that matters first). Test-sized runs (any `--set`) and partial tables need `--results`:
-experiments/results/<recipe>-ablation holds all four rows at the recipe's full budget only.
+that matters first). `--students "0,2,4;1,3,5"` runs the rows once per student, each cut from the
+teacher's layers listed (`model.layers`), to compare where a student is cut from. Test-sized runs
+(any `--set`), other students and partial tables need `--results`: experiments/results/
+<recipe>-ablation holds all four rows of the recipe's own student at its full budget only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +59,26 @@ def teacher_f1(source: str) -> float:
     return client.get_run(run_id).data.metrics.get("f1", float("nan")) if run_id else float("nan")
 
 
+def student_cut(layers: list[int] | None) -> list[str]:
+    """The `--set` items of a student cut from `layers` (none: the recipe's own cut)."""
+    return [] if layers is None else ["model.layer_stride=1", f"model.layers=[{','.join(map(str, layers))}]"]
+
+
+def parse_students(text: str) -> list[list[int] | None]:
+    """`--students`: layer lists separated by ';', each comma-separated ('' : the recipe's cut alone)."""
+    if not text:
+        return [None]
+    try:
+        return [[int(n) for n in part.split(",")] for part in text.split(";")]
+    except ValueError:
+        raise ConfigError(f"--students: {text!r} is not layer lists like '0,2,4;1,3,5'") from None
+
+
 def run_row(args: argparse.Namespace, name: str, settings: list[str], config: RunConfig) -> dict:
     """The row's metrics: from its finished run of the same settings, else from `qa-distill distill`.
     The same settings are the resolved ones, so a recipe edited since (say its alpha) trains the row
     again instead of labelling the old row with the new values."""
-    out = Path(args.output_dir) / name.strip("+ ").replace(" ", "-")
+    out = Path(args.output_dir) / re.sub(r"[^a-z0-9]+", "-", name).strip("-")
     asked = {"recipe": args.recipe, "teacher": args.teacher, "settings": settings, "resolved": run_identity(config)}
     done = out / "ablation.json"
     if not (done.exists() and json.loads(done.read_text()) == asked and (out / "metrics.json").exists()):
@@ -84,6 +102,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--results", default="", help="table path stem (default experiments/results/<recipe>-ablation)")
     parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
                         help="comma-separated rows to run, in this order (default: all four)")
+    parser.add_argument("--students", default="", help="';'-separated layer lists, the rows run for a student cut "
+                                                        "from each (e.g. '0,2,4;1,3,5'; default: the recipe's cut)")
     args = parser.parse_args(argv)
     args.recipe_name = recipe_path(args.recipe).stem
     chosen = [name.strip() for name in args.rows.split(",")]
@@ -92,24 +112,27 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         raise ConfigError(f"--rows: no row {unknown[0]!r}; rows are {', '.join(map(repr, known))}")
     if len(set(chosen)) < len(chosen):
         raise ConfigError(f"--rows names a row twice: {args.rows!r}")
-    partial = sorted(chosen) != sorted(known)
+    students = parse_students(args.students)
+    partial = sorted(chosen) != sorted(known) or students != [None]
     if not args.results and (args.overrides or args.recipe_name != args.recipe or partial):
         raise ConfigError("experiments/results/ holds all four rows of a committed recipe at its own budget: "
                           "pass --results for this one")
     args.output_dir = args.output_dir or str(PROJECT_ROOT / "outputs" / args.recipe_name / "ablation")
-    settings = {name: row_settings(args, *known[name]) for name in chosen}
+    settings = {(name if cut is None else f"{name}, layers {' '.join(map(str, cut))}"):
+                [*row_settings(args, *known[name]), *student_cut(cut)] for cut in students for name in chosen}
     configs = {name: load_config(args.recipe, "distill", overrides=settings[name],  # all checked before any trains
                                  explicit={"distillation.teacher": args.teacher} if args.teacher else None)
-               for name in chosen}
-    first = configs[chosen[0]]
+               for name in settings}
+    first = next(iter(configs.values()))
     connect(first.tracking)  # where the rows log and the teacher's `models:/` resolves
     teacher = teacher_f1(first.distillation.teacher)  # one teacher for every row
     rows = []
     for name, config in configs.items():
         metrics = run_row(args, name, settings[name], config)
-        k = config.distillation
+        k, m = config.distillation, config.model
         rows.append({
-            "row": name, "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,
+            "row": name, "student_layers": " ".join(map(str, m.layers)) if m.layers else f"one in {m.layer_stride}",
+            "hidden_weight": k.hidden_weight, "attention_weight": k.attention_weight,
             "temperature": k.temperature, "alpha": k.alpha, "exact_match": metrics["exact_match"],
             "f1": metrics["f1"], "teacher_f1": teacher, "f1_of_teacher_pct": 100 * metrics["f1"] / teacher,
             "train_minutes": metrics["train_seconds"] / 60,

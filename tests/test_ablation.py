@@ -52,6 +52,12 @@ def test_four_rows_from_the_projects_distill_command(tmp_path, tracking_uri, dev
     recipe.write_text(recipe.read_text().replace("alpha: 0.5", "alpha: 0.7"))
     assert list(_ablation().main([*args, "--rows", "logits only"])["alpha"]) == [0.7]
     assert len(mlflow.search_runs(experiment_names=["tiny-ablation"])) == 5
+    # a student cut from other layers: its own row, output directory and column
+    cut = _ablation().main([*args, "--rows", "logits only", "--students", "1,3"])
+    assert list(cut["row"]) == ["logits only, layers 1 3"] and list(cut["student_layers"]) == ["1 3"]
+    assert (tmp_path / "rows" / "logits-only-layers-1-3" / "metrics.json").exists()
+    runs = mlflow.search_runs(experiment_names=["tiny-ablation"])
+    assert len(runs) == 6 and (runs["params.model.layers"] == "[1, 3]").sum() == 1
 
 
 def test_a_test_sized_ablation_never_writes_into_experiments_results(tiny_bert):
@@ -59,15 +65,18 @@ def test_a_test_sized_ablation_never_writes_into_experiments_results(tiny_bert):
         _ablation().main(["--recipe", "cpu", "--set", "data.train_questions=16"])
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ("+ hidden", "pass --results"),
-    ("+ hidden,+ hiden", "--rows: no row '+ hiden'"),
-    ("+ hidden,+ hidden", "--rows names a row twice"),
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rows", "+ hidden"], "pass --results"),
+    (["--rows", "+ hidden", "--students", "1,3,5"], "pass --results"),
+    (["--rows", "+ hidden,+ hiden", "--results", "x"], "--rows: no row '+ hiden'"),
+    (["--rows", "+ hidden,+ hidden", "--results", "x"], "--rows names a row twice"),
+    (["--students", "1,x", "--results", "x"], "--students: '1,x' is not layer lists"),
+    (["--students", "3,1", "--results", "x"], "model.layers must list layers >= 0 in increasing order"),
 ])
-def test_a_partial_or_misspelt_row_list_is_refused_before_any_row_trains(tmp_path, rows, message):
-    results = [] if message == "pass --results" else ["--results", str(tmp_path / "x")]
+def test_a_partial_or_misspelt_row_list_is_refused_before_any_row_trains(tmp_path, argv, message):
+    argv = [str(tmp_path / item) if item == "x" else item for item in argv]
     with pytest.raises(ConfigError, match=re.escape(message)):
-        _ablation().main(["--recipe", "cpu", "--rows", rows, "--output-dir", str(tmp_path / "rows"), *results])
+        _ablation().main(["--recipe", "cpu", *argv, "--output-dir", str(tmp_path / "rows")])
     assert not (tmp_path / "rows").exists()
 
 
