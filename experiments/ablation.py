@@ -34,7 +34,7 @@ from qa_distill.errors import ConfigError, QaDistillError
 from qa_distill.recipes import load_config, recipe_path
 from qa_distill.reporting.tables import write_tables
 from qa_distill.runtime.hardware import cpu_name
-from qa_distill.tracking.registry import exact_version
+from qa_distill.tracking.registry import ModelVersionRef, exact_version
 from qa_distill.training.lifecycle import run_identity
 from qa_distill.training.preflight import connect
 
@@ -48,10 +48,9 @@ def row_settings(args: argparse.Namespace, hidden: bool, attention: bool) -> lis
             f"distillation.attention_weight={args.attention_weight if attention else 0.0}"]
 
 
-def teacher_f1(source: str) -> float:
+def teacher_f1(ref: ModelVersionRef | None) -> float:
     """The dev F1 the run that registered the teacher logged, from the store MLflow points at (NaN
     for a teacher given as a path): each row then reads as a share of its teacher."""
-    ref = exact_version(source)
     if ref is None:
         return float("nan")
     client = MlflowClient()
@@ -76,14 +75,14 @@ def parse_students(text: str) -> list[list[int] | None]:
 
 def run_row(args: argparse.Namespace, name: str, settings: list[str], config: RunConfig) -> dict:
     """The row's metrics: from its finished run of the same settings, else from `qa-distill distill`.
-    The same settings are the resolved ones, so a recipe edited since (say its alpha) trains the row
-    again instead of labelling the old row with the new values."""
+    The same settings are the resolved ones and the same teacher version, so a recipe edited since
+    (say its alpha) or a teacher registered anew trains the row again instead of relabelling the old."""
     out = Path(args.output_dir) / re.sub(r"[^a-z0-9]+", "-", name).strip("-")
     asked = {"recipe": args.recipe, "teacher": args.teacher, "settings": settings, "resolved": run_identity(config)}
     done = out / "ablation.json"
     if not (done.exists() and json.loads(done.read_text()) == asked and (out / "metrics.json").exists()):
         command = [sys.executable, "-m", "qa_distill.cli", "distill", "--recipe", args.recipe,
-                   "--output-dir", str(out), *(["--teacher", args.teacher] if args.teacher else []),
+                   "--output-dir", str(out), "--teacher", args.teacher,
                    *(item for setting in settings for item in ("--set", setting))]
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
         subprocess.run(command, check=True, cwd=PROJECT_ROOT, env=env)
@@ -125,7 +124,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                for name in settings}
     first = next(iter(configs.values()))
     connect(first.tracking)  # where the rows log and the teacher's `models:/` resolves
-    teacher = teacher_f1(first.distillation.teacher)  # one teacher for every row
+    ref = exact_version(first.distillation.teacher)  # one teacher for every row, pinned: `latest` may move
+    args.teacher = ref.uri if ref else first.distillation.teacher
+    teacher = teacher_f1(ref)
     rows = []
     for name, config in configs.items():
         metrics = run_row(args, name, settings[name], config)

@@ -1,6 +1,8 @@
 """experiments/ablation.py end to end on the tiny recipe: four `qa-distill distill` runs, one table."""
 
+import argparse
 import importlib.util
+import json
 import math
 import re
 import shutil
@@ -96,5 +98,27 @@ def test_a_registered_teacher_gives_its_runs_f1_to_every_row(tracking_uri):
     client.set_terminated(run.info.run_id)
     client.create_registered_model("qa-distill-cpu-teacher")
     client.create_model_version("qa-distill-cpu-teacher", "file:///nowhere", run_id=run.info.run_id)
-    assert _ablation().teacher_f1("models:/qa-distill-cpu-teacher/latest") == 69.4
-    assert math.isnan(_ablation().teacher_f1("/a/saved/teacher"))
+    ablation = _ablation()
+    ref = ablation.exact_version("models:/qa-distill-cpu-teacher/latest")  # what the rows are pinned to
+    assert ref.uri == "models:/qa-distill-cpu-teacher/1" and ablation.teacher_f1(ref) == 69.4
+    assert ablation.exact_version("/a/saved/teacher") is None and math.isnan(ablation.teacher_f1(None))
+
+
+def test_a_finished_row_is_reused_for_its_teacher_version_only(tmp_path, monkeypatch):
+    ablation = _ablation()
+    trained = []
+
+    def distill(command, **kwargs):  # stands in for `qa-distill distill`: records the teacher, writes metrics
+        trained.append(command[command.index("--teacher") + 1])
+        out = Path(command[command.index("--output-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"f1": len(trained)}))
+
+    monkeypatch.setattr(ablation.subprocess, "run", distill)
+    config = ablation.load_config("cpu", "distill")
+    args = argparse.Namespace(recipe="cpu", output_dir=str(tmp_path), teacher="models:/qa-distill-cpu-teacher/1")
+    assert ablation.run_row(args, "+ hidden", [], config)["f1"] == 1
+    assert ablation.run_row(args, "+ hidden", [], config)["f1"] == 1  # read back, not trained again
+    args.teacher = "models:/qa-distill-cpu-teacher/2"  # `latest` moved on
+    assert ablation.run_row(args, "+ hidden", [], config)["f1"] == 2
+    assert trained == ["models:/qa-distill-cpu-teacher/1", "models:/qa-distill-cpu-teacher/2"]
