@@ -44,9 +44,8 @@ def describe_cpu(fields: dict[str, str]) -> str:
     vendor, family, model = fields.get("vendor_id"), fields.get("cpu family", ""), fields.get("model", "0")
     generic = vendor == "AuthenticAMD" or not any(ch.isdigit() for ch in name)
     if generic and family.isdigit() and model.isdigit():
-        key = (vendor, int(family), int(model))
-        generation = next((g for (v, f, models), g in _GENERATIONS.items() if (v, f) == key[:2] and key[2] in models),
-                          None)
+        generation = next((g for (v, f, models), g in _GENERATIONS.items()
+                           if v == vendor and f == int(family) and int(model) in models), None)
         detail = f"family {family} model {model}" + (f", {generation}" if generation else "")
         if detail not in name:
             name = f"{name} ({detail})"
