@@ -87,10 +87,8 @@ def prepare(config: RunConfig) -> Prepared:
         **{f"train_{k}": v for k, v in train.skipped.items()},
         **{f"dev_{k}": v for k, v in dev.skipped.items()},
     }
-    return Prepared(
-        config, student, train.dataset, dev.dataset, train_features, dev_features,
-        precision, notes, identity,
-    )
+    return Prepared(config, student, train.dataset, dev.dataset, train_features, dev_features, precision, notes,
+                    identity)
 
 
 def load_student(config: RunConfig) -> LoadedModel:
@@ -126,6 +124,11 @@ def _trainer_kwargs(p: Prepared, callbacks: list[TrainerCallback]) -> dict[str, 
     }
 
 
+def make_finetune_trainer(p: Prepared, *, callbacks: list[TrainerCallback] | None = None) -> QATrainer:
+    """A trainer on gold answers alone: the teacher's and the student's (and a benchmark's)."""
+    return QATrainer(**_trainer_kwargs(p, callbacks or []))
+
+
 def _train_and_log(
     p: Prepared,
     trainer: QATrainer,
@@ -145,8 +148,7 @@ def _train_and_log(
         notes = p.data_notes | {"precision": p.precision, "processes": world_size()}
         tracking.log_new_params({f"run.{k}": v for k, v in notes.items()})
         for split, examples, context in (("train", p.train_examples, "training"),
-                                         ("dev", p.dev_examples,
-                                          "evaluation")):
+                                         ("dev", p.dev_examples, "evaluation")):
             tracking.log_dataset(examples, notes[f"{split}_source"], fingerprint=notes[f"{split}_fingerprint"],
                                  context=context)
     announce(f"{p.config.recipe}-{p.config.role}", str(trainer.args.device), precision=p.precision,
@@ -194,7 +196,7 @@ def run_finetune(config: RunConfig, *, callbacks: list[TrainerCallback] | None =
     preflight.connect(config.tracking)
     p = prepare(config)
     with lifecycle.training_run(config, p.identity) as life:
-        trainer = QATrainer(**_trainer_kwargs(p, [*life.callbacks, *(callbacks or [])]))
+        trainer = make_finetune_trainer(p, callbacks=[*life.callbacks, *(callbacks or [])])
         metrics = _train_and_log(p, trainer, {}, life=life)
         return {**metrics, "run_id": life.run_id} if life.run_id else None
 
@@ -256,13 +258,8 @@ def make_distill_trainer(
         kwargs["teacher_logits"] = logits
     else:
         kwargs["teacher"] = teacher.model
-    trainer = DistillationTrainer(
-        temperature=k.temperature,
-        alpha=k.alpha,
-        precision=p.precision,
-        layers=terms,
-        **kwargs,
-    )
+    trainer = DistillationTrainer(temperature=k.temperature, alpha=k.alpha, precision=p.precision, layers=terms,
+                                  **kwargs)
     return trainer, info
 
 
