@@ -48,8 +48,8 @@ RECIPE_COLUMNS = ("model", "exact_match", "f1", "train_minutes", "version", "fp3
 SHORT = {
     "cpu": Short("cpu", RECIPE_COLUMNS, cpu_from="cpu-speed"),
     "gpu": Short("gpu", RECIPE_COLUMNS, cpu_from="gpu-speed"),
-    "cpu-main-60min-zen3": Short(
-        "cpu-main-60min-zen3", ("model", "exact_match", "f1", "train_questions", "train_minutes", "fp32_p50_ms")),
+    **{name: Short(name, ("model", "exact_match", "f1", "train_questions", "train_minutes", "fp32_p50_ms"))
+       for name in ("cpu-main-60min-zen3", "cpu-main-60min-zen5")},
     "cpu-latency": Short(
         "cpu-speed",
         ("backend", "p50_ms", "p90_ms", "questions_per_s", "f1", "size_mb", "speedup_vs_teacher_hf"),
