@@ -127,3 +127,21 @@ def test_the_attention_term_taps_every_student_layer_and_the_mapped_teacher_laye
     terms = LayerTerms.of(DistillConfig(attention_weight=1.0), student, teacher)
     assert (terms.student_tap.layers, terms.teacher_tap.layers, terms.outputs("student")) == ([0, 1], [1, 3], None)
     assert LayerTerms.of(DistillConfig(), student, teacher) is None
+
+
+@pytest.mark.parametrize(("given", "cut_from", "tapped"), [
+    (None, [0, 2], [0, 2]),  # no map: the layers the student was copied from
+    ([0, 2, 4], [0, 2], [1, 3]),  # a map given wins
+    (None, None, [1, 3]),  # a student not cut: by the map
+    (None, [0, 7], [1, 3]),  # cut from layers this teacher lacks: by the map
+])
+def test_attention_taps_the_layers_the_student_was_cut_from_unless_a_map_is_given(tiny_bert, given, cut_from,
+                                                                                   tapped):
+    student, teacher = load_qa_model(tiny_bert, layer_stride=2).model, load_qa_model(tiny_bert).model
+    terms = LayerTerms.of(DistillConfig(attention_weight=1.0, layer_map=given), student, teacher, cut_from=cut_from)
+    assert (terms.student_tap.layers, terms.teacher_tap.layers, terms.layer_map) == ([0, 1], tapped, [0, 2, 4])
+
+
+def test_a_distillation_trainer_taps_the_teacher_layers_its_student_was_cut_from(tmp_path, dev_sample, tiny_bert):
+    trainer, _, _ = _trainer(tmp_path, dev_sample, tiny_bert, "distillation.attention_weight=1.0")
+    assert trainer.layers.teacher_tap.layers == [0, 2]  # the recipe cuts layers 0 and 2 of the tiny teacher

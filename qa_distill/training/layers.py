@@ -125,14 +125,24 @@ class LayerTerms:
     teacher_tap: AttentionTap | None
 
     @classmethod
-    def of(cls, settings: DistillConfig, student: PreTrainedModel, teacher: PreTrainedModel) -> LayerTerms | None:
-        """The terms a run's settings ask for, checked against its models; None when both weights are 0."""
+    def of(cls, settings: DistillConfig, student: PreTrainedModel, teacher: PreTrainedModel, *,
+           cut_from: list[int] | None = None) -> LayerTerms | None:
+        """The terms a run's settings ask for, checked against its models; None when both weights are 0.
+
+        The attention term pairs each student layer with the teacher layer that writes its mapped
+        output, except where no map is given and the student was cut from layers the teacher has
+        (`cut_from`, the student's `kept_layers`): then with the layer it was copied from, whose
+        attention it starts with, where the map by depth would pull it towards the next layer's.
+        """
         if not settings.layer_terms:
             return None
         attention = settings.attention_weight > 0
         found = layer_map(settings.layer_map, student, teacher, attention=attention)
         # student layer k - 1 writes output k; the teacher layer that writes output found[k] is found[k] - 1
-        taps = ((AttentionTap(student, list(range(len(found) - 1))), AttentionTap(teacher, [t - 1 for t in found[1:]]))
+        tapped = [t - 1 for t in found[1:]]
+        if settings.layer_map is None and cut_from and max(cut_from) < len(layer_list(teacher)):
+            tapped = list(cut_from)
+        taps = ((AttentionTap(student, list(range(len(found) - 1))), AttentionTap(teacher, tapped))
                 if attention else (None, None))
         return cls(settings.hidden_weight, settings.attention_weight, found, *taps)
 

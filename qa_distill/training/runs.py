@@ -247,7 +247,7 @@ def make_distill_trainer(
     k = p.config.distillation
     info: dict[str, Any] = {}
     kwargs = _trainer_kwargs(p, callbacks or [])
-    terms = LayerTerms.of(k, p.student.model, teacher.model)
+    terms = LayerTerms.of(k, p.student.model, teacher.model, cut_from=p.student.kept_layers)
     if terms is not None and k.teacher_cache:
         log.info("layer terms: the teacher runs on the fly beside the student; the logits cache is not used")
     if not k.teacher_on_the_fly:
