@@ -125,8 +125,8 @@ class DistillConfig:
     teacher_batch_size: int | None = setting(None, "windows per teacher pass (null: training.eval_batch_size)")
     hidden_weight: float = setting(0.0, "weight of the hidden-state MSE between mapped layers (0: off)")
     attention_weight: float = setting(0.0, "weight of the attention-distribution KL of mapped layers (0: off)")
-    layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first "
-                                                "(null: spread evenly, the last on the last)")
+    layer_map: list[int] | None = setting(None, "teacher output per student output, embeddings first (null: spread "
+                                                "evenly, the last on the last; attention from the layers cut from)")
 
     @property
     def layer_terms(self) -> bool:
